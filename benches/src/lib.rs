@@ -1,0 +1,1 @@
+//! Criterion benchmarks of zc; see the `[[bench]]` targets.

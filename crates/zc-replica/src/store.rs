@@ -1,0 +1,838 @@
+//! The replica store: one writer, MVCC readers.
+//!
+//! ```text
+//!  zc-wal ──apply(txn)──▶ [writer: one redb write transaction per upstream transaction]
+//!                              │ rows, index entries, change log, watermark (Immediate)
+//!                              ▼
+//!                         redb file ──▶ Snapshot (read transaction) ──▶ view syncers
+//!                              │
+//!                              └─▶ watch<version>: "version V is ready"
+//! ```
+//!
+//! Invariants (and the tests that break if they are violated):
+//! - One writer: every write runs under `write_lock` on a blocking thread, never on the
+//!   async reactor (`replica_apply_is_atomic_and_idempotent`).
+//! - `apply` returns only after an `Immediate` (fsync'd) commit holding the transaction's
+//!   changes and the new watermark together, so acknowledging `end_lsn` upstream afterwards
+//!   can never lose data (the crash test in zc-wal's integration suite).
+//! - A transaction at or below the stored watermark changes nothing (idempotent replay).
+//! - While an initial sync is in progress no sync state is reported, so an interrupted
+//!   initial sync is always started over.
+
+use std::ops::Bound;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use redb::{
+    Database, Durability, ReadTransaction, ReadableDatabase, ReadableTable, ReadableTableMetadata,
+    TableDefinition, WriteTransaction,
+};
+use serde::{Deserialize, Serialize};
+use tokio::sync::{Mutex, watch};
+use zc_types::{Lsn, Row, TableName, TableSpec, Value};
+use zc_wal::{Change, Destination, SyncState, Transaction, Watermark};
+
+use crate::error::{Error, Result};
+use crate::key;
+
+const META: TableDefinition<&str, &[u8]> = TableDefinition::new("zc_meta");
+const CATALOG: TableDefinition<&str, &str> = TableDefinition::new("zc_catalog");
+/// version (8 bytes, big-endian) ++ table ++ 0x00 ++ encoded key → op.
+const CHANGELOG: TableDefinition<&[u8], u8> = TableDefinition::new("zc_changelog");
+/// table ++ 0x00 ++ encoded key → version of its latest change-log entry.
+const CHANGELOG_ROWS: TableDefinition<&[u8], u64> = TableDefinition::new("zc_changelog_rows");
+
+const META_STATE: &str = "state";
+const META_WATERMARK: &str = "watermark";
+const META_SYNCING: &str = "initial_sync_in_progress";
+
+/// What happened to a row (or a whole table) in the change log.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ChangeOp {
+    /// The row was inserted or updated: read its new value from the snapshot.
+    Set,
+    /// The row was deleted.
+    Delete,
+    /// The table was truncated: every row of it is gone.
+    Truncate,
+    /// The table was created, dropped or replaced: treat all its rows as changed.
+    Reset,
+}
+
+impl ChangeOp {
+    fn code(self) -> u8 {
+        match self {
+            ChangeOp::Set => b's',
+            ChangeOp::Delete => b'd',
+            ChangeOp::Truncate => b't',
+            ChangeOp::Reset => b'r',
+        }
+    }
+
+    fn from_code(c: u8) -> Option<Self> {
+        Some(match c {
+            b's' => ChangeOp::Set,
+            b'd' => ChangeOp::Delete,
+            b't' => ChangeOp::Truncate,
+            b'r' => ChangeOp::Reset,
+            _ => return None,
+        })
+    }
+}
+
+/// One change-log entry: the latest change of a row (or a table-wide change).
+#[derive(Debug, Clone, PartialEq)]
+pub struct ChangeLogEntry {
+    /// The version (commit LSN) of the change.
+    pub version: Lsn,
+    /// The table, as `schema.name`.
+    pub table: String,
+    /// The row's key values (in key order); `None` for table-wide ops.
+    pub key: Option<Vec<Value>>,
+    /// What happened.
+    pub op: ChangeOp,
+}
+
+#[derive(Serialize, Deserialize)]
+struct StoredState {
+    slot: String,
+    publications: Vec<String>,
+    replica_version: u64,
+}
+
+fn rows_table(name: &str) -> String {
+    format!("r:{name}")
+}
+
+fn index_table(name: &str, index: &str) -> String {
+    format!("i:{name}:{index}")
+}
+
+/// A redb replica of the upstream tables.
+///
+/// Cheap to clone; all clones share one database and one writer.
+#[derive(Clone)]
+pub struct Replica {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    db: Database,
+    path: PathBuf,
+    write_lock: Mutex<()>,
+    version_tx: watch::Sender<Lsn>,
+}
+
+impl std::fmt::Debug for Replica {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Replica")
+            .field("path", &self.inner.path)
+            .finish()
+    }
+}
+
+impl Replica {
+    /// Opens (or creates) the replica file at `path`. Recovery after an unclean shutdown
+    /// happens here (redb repairs the file on open).
+    pub fn open(path: impl AsRef<Path>) -> Result<Replica> {
+        let path = path.as_ref().to_path_buf();
+        let db = Database::create(&path).map_err(|source| Error::Open {
+            path: path.display().to_string(),
+            source,
+        })?;
+        let replica = Replica {
+            inner: Arc::new(Inner {
+                db,
+                path,
+                write_lock: Mutex::new(()),
+                version_tx: watch::channel(Lsn::ZERO).0,
+            }),
+        };
+        let version = replica
+            .snapshot()?
+            .watermark()?
+            .map(|w| w.commit_lsn)
+            .unwrap_or_default();
+        replica.inner.version_tx.send_replace(version);
+        Ok(replica)
+    }
+
+    /// The replica file's path.
+    pub fn path(&self) -> &Path {
+        &self.inner.path
+    }
+
+    /// A consistent read-only view of the replica as of the latest commit.
+    pub fn snapshot(&self) -> Result<Snapshot> {
+        let txn = self.inner.db.begin_read()?;
+        Ok(Snapshot { txn })
+    }
+
+    /// A receiver that sees the version (commit LSN) of each new durable commit. Only the
+    /// latest value is kept: a slow reader skips versions and reads the change log range.
+    pub fn subscribe(&self) -> watch::Receiver<Lsn> {
+        self.inner.version_tx.subscribe()
+    }
+
+    /// Runs `f` on a blocking thread as the one writer.
+    async fn write<T, F>(&self, f: F) -> Result<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Database) -> Result<T> + Send + 'static,
+    {
+        let _guard = self.inner.write_lock.lock().await;
+        let inner = Arc::clone(&self.inner);
+        tokio::task::spawn_blocking(move || f(&inner.db))
+            .await
+            .map_err(Error::Writer)?
+    }
+
+    /// Applies one transaction synchronously (the body of [`Destination::apply`]).
+    fn apply_blocking(db: &Database, txn: &Transaction) -> Result<bool> {
+        let mut w = db.begin_write()?;
+        w.set_durability(Durability::Immediate)?;
+        if let Some(mark) = read_watermark(&w)? {
+            if txn.commit_lsn <= mark.commit_lsn {
+                w.abort()?;
+                return Ok(false);
+            }
+        }
+        let version = txn.commit_lsn.as_u64();
+        for change in &txn.changes {
+            apply_change(&w, version, change)?;
+        }
+        write_watermark(
+            &w,
+            Watermark {
+                commit_lsn: txn.commit_lsn,
+                ack_lsn: txn.end_lsn,
+            },
+        )?;
+        w.commit()?;
+        Ok(true)
+    }
+}
+
+fn load_spec(w: &WriteTransaction, table: &TableName) -> Result<Arc<TableSpec>> {
+    let catalog = w.open_table(CATALOG)?;
+    let key = table.to_string();
+    let entry = catalog
+        .get(key.as_str())?
+        .ok_or_else(|| Error::UnknownTable(table.clone()))?;
+    let spec: TableSpec = serde_json::from_str(entry.value()).map_err(|source| Error::Catalog {
+        table: key.clone(),
+        source,
+    })?;
+    Ok(Arc::new(spec))
+}
+
+fn read_watermark(txn: &WriteTransaction) -> Result<Option<Watermark>> {
+    let meta = txn.open_table(META)?;
+    let value = meta.get(META_WATERMARK)?;
+    value.map(|v| decode_watermark(v.value())).transpose()
+}
+
+fn decode_watermark(raw: &[u8]) -> Result<Watermark> {
+    let (a, b) = raw
+        .split_at_checked(8)
+        .ok_or(Error::State(META_WATERMARK))?;
+    let a = u64::from_be_bytes(a.try_into().map_err(|_| Error::State(META_WATERMARK))?);
+    let b = u64::from_be_bytes(b.try_into().map_err(|_| Error::State(META_WATERMARK))?);
+    Ok(Watermark {
+        commit_lsn: Lsn(a),
+        ack_lsn: Lsn(b),
+    })
+}
+
+fn write_watermark(txn: &WriteTransaction, mark: Watermark) -> Result<()> {
+    let mut meta = txn.open_table(META)?;
+    let mut raw = [0u8; 16];
+    raw[..8].copy_from_slice(&mark.commit_lsn.as_u64().to_be_bytes());
+    raw[8..].copy_from_slice(&mark.ack_lsn.as_u64().to_be_bytes());
+    meta.insert(META_WATERMARK, raw.as_slice())?;
+    Ok(())
+}
+
+fn encode_stored_row(version: u64, row: &[Value]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(8 + row.len() * 8);
+    out.extend_from_slice(&version.to_be_bytes());
+    for v in row {
+        key::encode_value(&mut out, v);
+    }
+    out
+}
+
+fn decode_stored_row(table: &TableName, raw: &[u8]) -> Result<(Row, Lsn)> {
+    let bad = || Error::CorruptRow(table.clone());
+    let (version, rest) = raw.split_at_checked(8).ok_or_else(bad)?;
+    let version = u64::from_be_bytes(version.try_into().map_err(|_| bad())?);
+    let row = key::decode(rest).ok_or_else(bad)?;
+    Ok((row, Lsn(version)))
+}
+
+fn row_key(spec: &TableSpec, row: &[Value]) -> Result<Vec<u8>> {
+    check_shape(spec, row.len())?;
+    Ok(key::encode(spec.key.iter().filter_map(|&i| row.get(i))))
+}
+
+fn check_shape(spec: &TableSpec, got: usize) -> Result<()> {
+    if got != spec.columns.len() {
+        return Err(Error::RowShape {
+            table: spec.name.clone(),
+            got,
+            expected: spec.columns.len(),
+        });
+    }
+    Ok(())
+}
+
+fn index_key(index: &zc_types::IndexSpec, row: &[Value], pk: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(32 + pk.len());
+    for &(col, desc) in &index.columns {
+        let v = row.get(col).unwrap_or(&Value::Null);
+        if desc {
+            key::encode_value_desc(&mut out, v);
+        } else {
+            key::encode_value(&mut out, v);
+        }
+    }
+    out.extend_from_slice(pk);
+    out
+}
+
+/// Inserts (or replaces) a row with its index entries; returns the previous row, if any.
+fn put_row(w: &WriteTransaction, spec: &TableSpec, version: u64, row: &[Value]) -> Result<Vec<u8>> {
+    let pk = row_key(spec, row)?;
+    let name = spec.name.to_string();
+    let previous = {
+        let mut rows = w.open_table(TableDefinition::<&[u8], &[u8]>::new(&rows_table(&name)))?;
+        let prev = rows.insert(pk.as_slice(), encode_stored_row(version, row).as_slice())?;
+        prev.map(|p| p.value().to_vec())
+    };
+    if let Some(prev) = previous {
+        let (old, _) = decode_stored_row(&spec.name, &prev)?;
+        remove_index_entries(w, spec, &old, &pk)?;
+    }
+    for index in &spec.indexes {
+        let mut t = w.open_table(TableDefinition::<&[u8], ()>::new(&index_table(
+            &name,
+            &index.name,
+        )))?;
+        t.insert(index_key(index, row, &pk).as_slice(), ())?;
+    }
+    Ok(pk)
+}
+
+fn remove_index_entries(
+    w: &WriteTransaction,
+    spec: &TableSpec,
+    row: &[Value],
+    pk: &[u8],
+) -> Result<()> {
+    let name = spec.name.to_string();
+    for index in &spec.indexes {
+        let mut t = w.open_table(TableDefinition::<&[u8], ()>::new(&index_table(
+            &name,
+            &index.name,
+        )))?;
+        t.remove(index_key(index, row, pk).as_slice())?;
+    }
+    Ok(())
+}
+
+/// Removes a row by encoded key; returns the removed row.
+fn delete_row(w: &WriteTransaction, spec: &TableSpec, pk: &[u8]) -> Result<Option<Row>> {
+    let name = spec.name.to_string();
+    let removed = {
+        let mut rows = w.open_table(TableDefinition::<&[u8], &[u8]>::new(&rows_table(&name)))?;
+        let r = rows.remove(pk)?;
+        r.map(|g| g.value().to_vec())
+    };
+    let Some(raw) = removed else { return Ok(None) };
+    let (row, _) = decode_stored_row(&spec.name, &raw)?;
+    remove_index_entries(w, spec, &row, pk)?;
+    Ok(Some(row))
+}
+
+fn drop_table_data(w: &WriteTransaction, spec: &TableSpec) -> Result<()> {
+    let name = spec.name.to_string();
+    w.delete_table(TableDefinition::<&[u8], &[u8]>::new(&rows_table(&name)))?;
+    for index in &spec.indexes {
+        w.delete_table(TableDefinition::<&[u8], ()>::new(&index_table(
+            &name,
+            &index.name,
+        )))?;
+    }
+    Ok(())
+}
+
+fn create_table_data(w: &WriteTransaction, spec: &TableSpec) -> Result<()> {
+    let name = spec.name.to_string();
+    w.open_table(TableDefinition::<&[u8], &[u8]>::new(&rows_table(&name)))?;
+    for index in &spec.indexes {
+        w.open_table(TableDefinition::<&[u8], ()>::new(&index_table(
+            &name,
+            &index.name,
+        )))?;
+    }
+    let json = serde_json::to_string(spec).map_err(|source| Error::Catalog {
+        table: name.clone(),
+        source,
+    })?;
+    w.open_table(CATALOG)?
+        .insert(name.as_str(), json.as_str())?;
+    Ok(())
+}
+
+fn log_change(
+    w: &WriteTransaction,
+    version: u64,
+    table: &TableName,
+    pk: &[u8],
+    op: ChangeOp,
+) -> Result<()> {
+    let mut row_id = table.to_string().into_bytes();
+    row_id.push(0);
+    row_id.extend_from_slice(pk);
+    let mut rows = w.open_table(CHANGELOG_ROWS)?;
+    let mut log = w.open_table(CHANGELOG)?;
+    if let Some(prev) = rows.insert(row_id.as_slice(), version)? {
+        let prev = prev.value();
+        let mut old_key = prev.to_be_bytes().to_vec();
+        old_key.extend_from_slice(&row_id);
+        log.remove(old_key.as_slice())?;
+    }
+    let mut entry = version.to_be_bytes().to_vec();
+    entry.extend_from_slice(&row_id);
+    log.insert(entry.as_slice(), op.code())?;
+    Ok(())
+}
+
+fn apply_change(w: &WriteTransaction, version: u64, change: &Change) -> Result<()> {
+    match change {
+        Change::Insert { table, row } => {
+            let spec = load_spec(w, table)?;
+            let pk = put_row(w, &spec, version, row)?;
+            log_change(w, version, table, &pk, ChangeOp::Set)
+        }
+        Change::Update {
+            table,
+            old_key,
+            new,
+        } => {
+            let spec = load_spec(w, table)?;
+            check_shape(&spec, new.len())?;
+            let new_pk = key::encode(
+                spec.key
+                    .iter()
+                    .map(|&i| new.get(i).and_then(Option::as_ref).unwrap_or(&Value::Null)),
+            );
+            let old_pk = match old_key {
+                Some(k) => key::encode(k.iter()),
+                None => new_pk.clone(),
+            };
+            let old_row = delete_row(w, &spec, &old_pk)?;
+            let merged: Row = new
+                .iter()
+                .enumerate()
+                .map(|(i, v)| match v {
+                    Some(v) => v.clone(),
+                    None => old_row
+                        .as_ref()
+                        .and_then(|r| r.get(i).cloned())
+                        .unwrap_or(Value::Null),
+                })
+                .collect();
+            if old_pk != new_pk {
+                log_change(w, version, table, &old_pk, ChangeOp::Delete)?;
+            }
+            let pk = put_row(w, &spec, version, &merged)?;
+            log_change(w, version, table, &pk, ChangeOp::Set)
+        }
+        Change::Delete { table, key: k } => {
+            let spec = load_spec(w, table)?;
+            let pk = key::encode(k.iter());
+            delete_row(w, &spec, &pk)?;
+            log_change(w, version, table, &pk, ChangeOp::Delete)
+        }
+        Change::Truncate { tables } => {
+            for table in tables {
+                let spec = load_spec(w, table)?;
+                drop_table_data(w, &spec)?;
+                create_table_data(w, &spec)?;
+                log_change(w, version, table, &[], ChangeOp::Truncate)?;
+            }
+            Ok(())
+        }
+        Change::CreateTable(spec) => {
+            if let Ok(old) = load_spec(w, &spec.name) {
+                drop_table_data(w, &old)?;
+            }
+            create_table_data(w, spec)?;
+            log_change(w, version, &spec.name, &[], ChangeOp::Reset)
+        }
+        Change::DropTable(name) => {
+            if let Ok(old) = load_spec(w, name) {
+                drop_table_data(w, &old)?;
+                w.open_table(CATALOG)?.remove(name.to_string().as_str())?;
+                log_change(w, version, name, &[], ChangeOp::Reset)?;
+            }
+            Ok(())
+        }
+        Change::Message { .. } => Ok(()),
+        _ => Ok(()),
+    }
+}
+
+impl Destination for Replica {
+    type Error = Error;
+
+    async fn sync_state(&self) -> Result<Option<SyncState>> {
+        self.snapshot()?.sync_state()
+    }
+
+    async fn tables(&self) -> Result<Vec<Arc<TableSpec>>> {
+        Ok(self
+            .snapshot()?
+            .tables()?
+            .into_iter()
+            .map(Arc::new)
+            .collect())
+    }
+
+    async fn begin_initial_sync(
+        &self,
+        replica_version: Lsn,
+        tables: Vec<Arc<TableSpec>>,
+    ) -> Result<()> {
+        self.write(move |db| {
+            let mut w = db.begin_write()?;
+            w.set_durability(Durability::Immediate)?;
+            let handles: Vec<redb::UntypedTableHandle> = w.list_tables()?.collect();
+            for handle in handles {
+                w.delete_table(handle)?;
+            }
+            {
+                let mut meta = w.open_table(META)?;
+                meta.insert(
+                    META_SYNCING,
+                    replica_version.as_u64().to_be_bytes().as_slice(),
+                )?;
+            }
+            w.open_table(CHANGELOG)?;
+            w.open_table(CHANGELOG_ROWS)?;
+            for spec in &tables {
+                create_table_data(&w, spec)?;
+            }
+            w.commit()?;
+            Ok(())
+        })
+        .await?;
+        self.inner.version_tx.send_replace(Lsn::ZERO);
+        Ok(())
+    }
+
+    async fn copy_rows(&self, table: &TableName, rows: Vec<Row>) -> Result<()> {
+        let table = table.clone();
+        self.write(move |db| {
+            let mut w = db.begin_write()?;
+            w.set_durability(Durability::None)?;
+            let version = {
+                let meta = w.open_table(META)?;
+                let v = meta.get(META_SYNCING)?.ok_or(Error::State(META_SYNCING))?;
+                let raw: [u8; 8] = v
+                    .value()
+                    .try_into()
+                    .map_err(|_| Error::State(META_SYNCING))?;
+                u64::from_be_bytes(raw)
+            };
+            let spec = load_spec(&w, &table)?;
+            for row in &rows {
+                put_row(&w, &spec, version, row)?;
+            }
+            w.commit()?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn finish_initial_sync(&self, state: SyncState) -> Result<()> {
+        let version = state.watermark.commit_lsn;
+        self.write(move |db| {
+            let mut w = db.begin_write()?;
+            w.set_durability(Durability::Immediate)?;
+            {
+                let mut meta = w.open_table(META)?;
+                let stored = StoredState {
+                    slot: state.slot.clone(),
+                    publications: state.publications.clone(),
+                    replica_version: state.replica_version.as_u64(),
+                };
+                let json = serde_json::to_vec(&stored).map_err(|_| Error::State(META_STATE))?;
+                meta.insert(META_STATE, json.as_slice())?;
+                meta.remove(META_SYNCING)?;
+            }
+            write_watermark(&w, state.watermark)?;
+            w.commit()?;
+            Ok(())
+        })
+        .await?;
+        self.inner.version_tx.send_replace(version);
+        Ok(())
+    }
+
+    async fn apply(&self, txn: Transaction) -> Result<()> {
+        let version = txn.commit_lsn;
+        let applied = self
+            .write(move |db| Replica::apply_blocking(db, &txn))
+            .await?;
+        if applied {
+            self.inner.version_tx.send_replace(version);
+        }
+        Ok(())
+    }
+}
+
+/// A consistent read-only view of the replica (a redb read transaction).
+///
+/// Keep snapshots short-lived: a live snapshot pins the pages it sees, so the file cannot
+/// reuse them.
+pub struct Snapshot {
+    txn: ReadTransaction,
+}
+
+impl std::fmt::Debug for Snapshot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Snapshot").finish_non_exhaustive()
+    }
+}
+
+/// Rows of a table in key (or index) order, with their versions.
+pub type RowIter<'a> = Box<dyn Iterator<Item = Result<(Row, Lsn)>> + 'a>;
+
+impl Snapshot {
+    /// The stored watermark, if an initial sync has completed.
+    pub fn watermark(&self) -> Result<Option<Watermark>> {
+        let Some(meta) = self.open_meta()? else {
+            return Ok(None);
+        };
+        if meta.get(META_SYNCING)?.is_some() {
+            return Ok(None);
+        }
+        let value = meta.get(META_WATERMARK)?;
+        value.map(|v| decode_watermark(v.value())).transpose()
+    }
+
+    /// The version (commit LSN) this snapshot is at; zero before the initial sync.
+    pub fn version(&self) -> Result<Lsn> {
+        Ok(self.watermark()?.map(|w| w.commit_lsn).unwrap_or_default())
+    }
+
+    fn open_meta(&self) -> Result<Option<redb::ReadOnlyTable<&'static str, &'static [u8]>>> {
+        match self.txn.open_table(META) {
+            Ok(t) => Ok(Some(t)),
+            Err(redb::TableError::TableDoesNotExist(_)) => Ok(None),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// The stored sync state, if an initial sync has completed.
+    pub fn sync_state(&self) -> Result<Option<SyncState>> {
+        let Some(watermark) = self.watermark()? else {
+            return Ok(None);
+        };
+        let Some(meta) = self.open_meta()? else {
+            return Ok(None);
+        };
+        let Some(raw) = meta.get(META_STATE)? else {
+            return Ok(None);
+        };
+        let stored: StoredState =
+            serde_json::from_slice(raw.value()).map_err(|_| Error::State(META_STATE))?;
+        Ok(Some(SyncState {
+            slot: stored.slot,
+            publications: stored.publications,
+            replica_version: Lsn(stored.replica_version),
+            watermark,
+        }))
+    }
+
+    /// The replicated tables.
+    pub fn tables(&self) -> Result<Vec<TableSpec>> {
+        let catalog = match self.txn.open_table(CATALOG) {
+            Ok(t) => t,
+            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
+            Err(e) => return Err(e.into()),
+        };
+        let mut out = Vec::new();
+        for entry in catalog.iter()? {
+            let (k, v) = entry?;
+            let spec: TableSpec =
+                serde_json::from_str(v.value()).map_err(|source| Error::Catalog {
+                    table: k.value().to_owned(),
+                    source,
+                })?;
+            out.push(spec);
+        }
+        Ok(out)
+    }
+
+    /// One table's schema.
+    pub fn table(&self, name: &TableName) -> Result<TableSpec> {
+        let catalog = self.txn.open_table(CATALOG)?;
+        let key = name.to_string();
+        let entry = catalog
+            .get(key.as_str())?
+            .ok_or_else(|| Error::UnknownTable(name.clone()))?;
+        serde_json::from_str(entry.value()).map_err(|source| Error::Catalog { table: key, source })
+    }
+
+    fn rows_of(
+        &self,
+        name: &TableName,
+    ) -> Result<redb::ReadOnlyTable<&'static [u8], &'static [u8]>> {
+        match self
+            .txn
+            .open_table(TableDefinition::<&[u8], &[u8]>::new(&rows_table(
+                &name.to_string(),
+            ))) {
+            Ok(t) => Ok(t),
+            Err(redb::TableError::TableDoesNotExist(_)) => Err(Error::UnknownTable(name.clone())),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// The row with this key (values in key order), with its version.
+    pub fn get(&self, table: &TableName, key_values: &[Value]) -> Result<Option<(Row, Lsn)>> {
+        let rows = self.rows_of(table)?;
+        let pk = key::encode(key_values.iter());
+        let raw = rows.get(pk.as_slice())?;
+        raw.map(|r| decode_stored_row(table, r.value())).transpose()
+    }
+
+    /// The number of rows in a table.
+    pub fn row_count(&self, table: &TableName) -> Result<u64> {
+        Ok(self.rows_of(table)?.len()?)
+    }
+
+    /// All rows of a table in primary-key order.
+    pub fn scan(&self, table: &TableName) -> Result<RowIter<'static>> {
+        self.scan_key_range(table, Bound::Unbounded, Bound::Unbounded)
+    }
+
+    /// Rows whose encoded primary key lies in the given bounds (see [`crate::key`]), in
+    /// primary-key order.
+    pub fn scan_key_range(
+        &self,
+        table: &TableName,
+        lower: Bound<Vec<u8>>,
+        upper: Bound<Vec<u8>>,
+    ) -> Result<RowIter<'static>> {
+        let rows = self.rows_of(table)?;
+        let range = rows.range::<&[u8]>((
+            lower.as_ref().map(Vec::as_slice),
+            upper.as_ref().map(Vec::as_slice),
+        ))?;
+        let name = table.clone();
+        Ok(Box::new(range.map(move |entry| {
+            let (_, v) = entry?;
+            decode_stored_row(&name, v.value())
+        })))
+    }
+
+    /// Rows in the order of a secondary index, restricted to index keys that start with the
+    /// encoding of `prefix` (values for the index's leading columns; empty for all rows).
+    pub fn scan_index(
+        &self,
+        table: &TableName,
+        index: &str,
+        prefix: &[Value],
+    ) -> Result<RowIter<'static>> {
+        let spec = self.table(table)?;
+        let idx = spec
+            .indexes
+            .iter()
+            .find(|i| i.name == index)
+            .ok_or_else(|| Error::UnknownIndex {
+                table: table.clone(),
+                index: index.to_owned(),
+            })?;
+        let mut start = Vec::new();
+        for (v, &(_, desc)) in prefix.iter().zip(&idx.columns) {
+            if desc {
+                key::encode_value_desc(&mut start, v);
+            } else {
+                key::encode_value(&mut start, v);
+            }
+        }
+        let end = key::prefix_end(&start);
+        let name = table.to_string();
+        let entries = self
+            .txn
+            .open_table(TableDefinition::<&[u8], ()>::new(&index_table(
+                &name, index,
+            )))?;
+        let range = match &end {
+            Some(end) => entries.range::<&[u8]>(start.as_slice()..end.as_slice())?,
+            None => entries.range::<&[u8]>(start.as_slice()..)?,
+        };
+        let rows = self.rows_of(table)?;
+        let descs: Vec<bool> = idx.columns.iter().map(|&(_, d)| d).collect();
+        let tname = table.clone();
+        Ok(Box::new(range.map(move |entry| {
+            let (k, _) = entry?;
+            let mut rest = k.value();
+            for &desc in &descs {
+                let len =
+                    key::value_len(rest, desc).ok_or_else(|| Error::CorruptRow(tname.clone()))?;
+                rest = rest
+                    .get(len..)
+                    .ok_or_else(|| Error::CorruptRow(tname.clone()))?;
+            }
+            let raw = rows
+                .get(rest)?
+                .ok_or_else(|| Error::CorruptRow(tname.clone()))?;
+            decode_stored_row(&tname, raw.value())
+        })))
+    }
+
+    /// The change log entries with versions in `(after, upto]`, in version order.
+    pub fn changes(&self, after: Lsn, upto: Lsn) -> Result<Vec<ChangeLogEntry>> {
+        let log = match self.txn.open_table(CHANGELOG) {
+            Ok(t) => t,
+            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
+            Err(e) => return Err(e.into()),
+        };
+        let start = (after.as_u64().saturating_add(1)).to_be_bytes();
+        let mut out = Vec::new();
+        for entry in log.range::<&[u8]>(start.as_slice()..)? {
+            let (k, op) = entry?;
+            let k = k.value();
+            let (version, row_id) = k.split_at_checked(8).ok_or(Error::State("changelog"))?;
+            let version =
+                u64::from_be_bytes(version.try_into().map_err(|_| Error::State("changelog"))?);
+            if version > upto.as_u64() {
+                break;
+            }
+            let sep = row_id
+                .iter()
+                .position(|&b| b == 0)
+                .ok_or(Error::State("changelog"))?;
+            let table = String::from_utf8_lossy(&row_id[..sep]).into_owned();
+            let pk = &row_id[sep + 1..];
+            let key = if pk.is_empty() {
+                None
+            } else {
+                Some(key::decode(pk).ok_or(Error::State("changelog"))?)
+            };
+            let op = ChangeOp::from_code(op.value()).ok_or(Error::State("changelog"))?;
+            out.push(ChangeLogEntry {
+                version: Lsn(version),
+                table,
+                key,
+                op,
+            });
+        }
+        Ok(out)
+    }
+}

@@ -1,0 +1,273 @@
+//! Slot and restart behaviour: keepalive acknowledgements, resume, resync, schema changes,
+//! and clear errors for bad set-ups.
+
+use std::time::Duration;
+
+use zc_replica::Replica;
+use zc_testkit::TestDb;
+use zc_types::{Lsn, TableName, Value};
+use zc_wal::{Destination, Replicator, WalConfig};
+
+use crate::support::*;
+
+async fn confirmed_flush(db: &TestDb, slot: &str) -> Lsn {
+    let mut conn = db.connect().await;
+    let lsn: Option<String> = sqlx::query_scalar(
+        "SELECT confirmed_flush_lsn::text FROM pg_replication_slots WHERE slot_name = $1",
+    )
+    .bind(slot)
+    .fetch_one(&mut conn)
+    .await
+    .expect("slot");
+    lsn.expect("confirmed_flush_lsn").parse().expect("lsn")
+}
+
+async fn current_lsn(db: &TestDb) -> Lsn {
+    let mut conn = db.connect().await;
+    let lsn: String = sqlx::query_scalar("SELECT pg_current_wal_lsn()::text")
+        .fetch_one(&mut conn)
+        .await
+        .expect("lsn");
+    lsn.parse().expect("lsn")
+}
+
+async fn replica_version(replica: &Replica) -> Lsn {
+    replica
+        .sync_state()
+        .await
+        .expect("state")
+        .expect("synced")
+        .replica_version
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn quiet_database_advances_the_slot() {
+    init_tracing();
+    let db = TestDb::new().await;
+    db.exec(MARKER_DDL).await;
+    db.exec("CREATE SCHEMA private; CREATE TABLE private.noise (id serial PRIMARY KEY, v text);")
+        .await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cfg = wal_config(&db);
+    let slot = cfg.slot_name();
+    let running = Running::start(cfg, &dir.path().join("r.redb"));
+    let n = bump_marker(&db).await;
+    wait_marker(&running, n).await;
+
+    // 10k rows into a table no publication covers: pgoutput sends no changes for them.
+    db.exec("INSERT INTO private.noise (v) SELECT md5(g::text) FROM generate_series(1, 10000) g")
+        .await;
+    let target = current_lsn(&db).await;
+    let before = confirmed_flush(&db, &slot).await;
+    assert!(
+        before < target,
+        "the slot should start behind the unpublished writes"
+    );
+    // Keepalives come every wal_sender_timeout/2 (5 s in the test cluster); only their
+    // acknowledgement can move the slot past the unpublished writes.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let now = confirmed_flush(&db, &slot).await;
+        if now >= target {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "slot stuck at {now}, writes ended at {target}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    running.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clean_restart_resumes_without_resync_and_dropped_slot_resyncs() {
+    init_tracing();
+    let db = TestDb::new().await;
+    db.exec(MARKER_DDL).await;
+    db.exec(
+        "CREATE TABLE items (id int PRIMARY KEY, name text, qty int8);
+             INSERT INTO items SELECT g, 'item ' || g, g * 10 FROM generate_series(1, 500) g;",
+    )
+    .await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("r.redb");
+    let cfg = wal_config(&db);
+
+    let running = Running::start(cfg.clone(), &path);
+    let n = bump_marker(&db).await;
+    wait_marker(&running, n).await;
+    let first_version = replica_version(&running.replica).await;
+    running.stop().await;
+
+    // Changes while zc is down arrive after a restart, without a new initial sync.
+    db.exec(
+        "UPDATE items SET qty = qty + 1 WHERE id <= 100; DELETE FROM items WHERE id > 450;
+             INSERT INTO items VALUES (1000, 'new', 1);",
+    )
+    .await;
+    let running = Running::start(cfg.clone(), &path);
+    let n = bump_marker(&db).await;
+    wait_marker(&running, n).await;
+    assert_eq!(
+        replica_version(&running.replica).await,
+        first_version,
+        "a clean restart must not resync"
+    );
+    assert_converged(&db, &running.replica).await;
+    let items = TableName::new("public", "items");
+    let snap = running.replica.snapshot().expect("snap");
+    let (row, version) = snap
+        .get(&items, &[Value::Int(1000)])
+        .expect("get")
+        .expect("row 1000");
+    assert_eq!(row[1], Value::Text("new".into()));
+    assert!(
+        version > first_version,
+        "streamed rows carry their commit version"
+    );
+    drop(snap);
+    running.stop().await;
+
+    // The slot disappears while zc is down: the next start resyncs from a new snapshot.
+    let mut conn = db.connect().await;
+    sqlx::query("SELECT pg_drop_replication_slot($1)")
+        .bind(cfg.slot_name())
+        .execute(&mut conn)
+        .await
+        .expect("drop slot");
+    db.exec("UPDATE items SET name = 'renamed' WHERE id = 1")
+        .await;
+    let running = Running::start(cfg, &path);
+    let n = bump_marker(&db).await;
+    wait_marker(&running, n).await;
+    assert!(
+        replica_version(&running.replica).await > first_version,
+        "a lost slot must cause a full resync"
+    );
+    assert_converged(&db, &running.replica).await;
+    running.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn schema_changes_are_replicated() {
+    init_tracing();
+    let db = TestDb::new().await;
+    db.exec(MARKER_DDL).await;
+    db.exec(
+        "CREATE TABLE a (id int PRIMARY KEY, v text); INSERT INTO a VALUES (1, 'x'), (2, 'y');",
+    )
+    .await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let running = Running::start(wal_config(&db), &dir.path().join("r.redb"));
+    let n = bump_marker(&db).await;
+    wait_marker(&running, n).await;
+
+    // A new table, created and filled after the initial sync.
+    db.exec(
+        "CREATE TABLE b (id text PRIMARY KEY, n int8); INSERT INTO b VALUES ('k', 1), ('l', 2);",
+    )
+    .await;
+    let n = bump_marker(&db).await;
+    wait_marker(&running, n).await;
+    assert_converged(&db, &running.replica).await;
+
+    // Columns added and dropped.
+    db.exec("ALTER TABLE a ADD COLUMN w int DEFAULT 7; UPDATE a SET v = 'z' WHERE id = 1;")
+        .await;
+    db.exec("ALTER TABLE b DROP COLUMN n; INSERT INTO b VALUES ('m');")
+        .await;
+    let n = bump_marker(&db).await;
+    wait_marker(&running, n).await;
+    assert_converged(&db, &running.replica).await;
+
+    // A table dropped for good.
+    db.exec("CREATE TABLE c (id int PRIMARY KEY); INSERT INTO c VALUES (1);")
+        .await;
+    let n = bump_marker(&db).await;
+    wait_marker(&running, n).await;
+    db.exec("DROP TABLE c").await;
+    let n = bump_marker(&db).await;
+    wait_marker(&running, n).await;
+    assert_converged(&db, &running.replica).await;
+
+    // A table dropped and created again under the same name.
+    db.exec("DROP TABLE b; CREATE TABLE b (id int PRIMARY KEY, label text); INSERT INTO b VALUES (5, 'five');").await;
+    let n = bump_marker(&db).await;
+    wait_marker(&running, n).await;
+    assert_converged(&db, &running.replica).await;
+    running.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_setups_get_clear_errors() {
+    init_tracing();
+    let db = TestDb::new().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let replica = Replica::open(dir.path().join("r.redb")).expect("open");
+
+    // A malformed connection string.
+    let err = Replicator::new(WalConfig::new("mysql://nope"), replica.clone())
+        .preflight()
+        .await
+        .expect_err("bad url");
+    assert!(
+        err.to_string()
+            .contains("invalid upstream connection string"),
+        "{err}"
+    );
+
+    // Nothing listening.
+    let err = Replicator::new(
+        WalConfig::new("postgres://postgres@127.0.0.1:1/x"),
+        replica.clone(),
+    )
+    .preflight()
+    .await
+    .expect_err("no server");
+    assert!(err.to_string().contains("could not connect"), "{err}");
+    assert!(err.is_transient());
+
+    // A role without the REPLICATION attribute that cannot grant it to itself.
+    db.exec("CREATE ROLE weak LOGIN NOSUPERUSER NOREPLICATION")
+        .await;
+    let url = db.url().replacen("postgres@", "weak@", 1);
+    let err = Replicator::new(WalConfig::new(url), replica.clone())
+        .preflight()
+        .await
+        .expect_err("no privilege");
+    assert!(
+        err.to_string()
+            .contains("ALTER ROLE \"weak\" WITH REPLICATION"),
+        "{err}"
+    );
+    assert!(!err.is_transient());
+
+    // Publications that do not exist.
+    db.exec("CREATE TABLE t (id int PRIMARY KEY)").await;
+    let cfg = wal_config(&db).with_publications(vec!["nope".into()]);
+    let err = Replicator::new(cfg, replica.clone())
+        .run(tokio_util::sync::CancellationToken::new())
+        .await
+        .expect_err("missing publication");
+    assert!(err.to_string().contains("do not exist upstream"), "{err}");
+}
+
+#[test]
+fn wal_level_must_be_logical() {
+    let pg = zc_pg_embed_start_with_wal_level_replica();
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let replica = Replica::open(dir.path().join("r.redb")).expect("open");
+    let err = rt
+        .block_on(Replicator::new(WalConfig::new(pg.url("postgres")), replica).preflight())
+        .expect_err("wal_level replica");
+    assert!(err.to_string().contains("wal_level = logical"), "{err}");
+}
+
+fn zc_pg_embed_start_with_wal_level_replica() -> zc_pg_embed::EmbeddedPostgres {
+    let mut opts = zc_pg_embed::PgOptions::default();
+    opts.extra_settings
+        .push(("wal_level".into(), "replica".into()));
+    zc_pg_embed::EmbeddedPostgres::start(opts).expect("start postgres")
+}

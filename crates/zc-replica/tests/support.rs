@@ -1,0 +1,273 @@
+//! Shared helpers: running the replicator, waiting for it, and the PostgreSQL oracle.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::time::Duration;
+
+use sqlx::Row as _;
+use tokio_util::sync::CancellationToken;
+use zc_replica::Replica;
+use zc_testkit::TestDb;
+use zc_types::{TableName, TypeKind, Value};
+use zc_wal::{Replicator, WalConfig};
+
+/// The app id used by tests (each test has its own database, so names never collide).
+pub fn wal_config(db: &TestDb) -> WalConfig {
+    let mut cfg = WalConfig::new(db.url());
+    cfg.copy_workers = 3;
+    cfg.copy_batch_rows = 1000;
+    cfg.status_interval = Duration::from_millis(200);
+    cfg
+}
+
+/// A replicator running in this process.
+pub struct Running {
+    pub replica: Replica,
+    cancel: CancellationToken,
+    task: tokio::task::JoinHandle<Result<(), zc_wal::Error>>,
+}
+
+impl Running {
+    pub fn start(cfg: WalConfig, path: &Path) -> Running {
+        let replica = Replica::open(path).expect("open replica");
+        let cancel = CancellationToken::new();
+        let replicator = Replicator::new(cfg, replica.clone());
+        let c = cancel.clone();
+        #[allow(clippy::disallowed_methods)]
+        let task = tokio::spawn(async move { replicator.run(c).await });
+        Running {
+            replica,
+            cancel,
+            task,
+        }
+    }
+
+    /// Stops it and returns the replica, checking it ended without error.
+    pub async fn stop(self) {
+        self.cancel.cancel();
+        let result = tokio::time::timeout(Duration::from_secs(30), self.task)
+            .await
+            .expect("replicator stops within 30 s")
+            .expect("replicator task");
+        result.expect("replicator ends without error");
+    }
+}
+
+/// The marker table: tests bump its counter and wait until the replica has the new value,
+/// which proves every earlier commit was applied.
+pub const MARKER_DDL: &str = "CREATE TABLE zc_marker (id int PRIMARY KEY, n bigint NOT NULL); INSERT INTO zc_marker VALUES (1, 0);";
+
+pub async fn bump_marker(db: &TestDb) -> i64 {
+    let mut conn = db.connect().await;
+    sqlx::query_scalar("UPDATE zc_marker SET n = n + 1 WHERE id = 1 RETURNING n")
+        .fetch_one(&mut conn)
+        .await
+        .expect("bump marker")
+}
+
+/// Waits (on the replica's version signal) until the marker reaches `n`; fails at once if
+/// the replicator stopped.
+pub async fn wait_marker(running: &Running, n: i64) {
+    let replica = &running.replica;
+    let mut rx = replica.subscribe();
+    let marker = TableName::new("public", "zc_marker");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
+    loop {
+        let seen = replica
+            .snapshot()
+            .ok()
+            .and_then(|s| s.get(&marker, &[Value::Int(1)]).ok().flatten())
+            .and_then(|(row, _)| match row.get(1) {
+                Some(Value::Int(v)) => Some(*v),
+                _ => None,
+            });
+        if seen.is_some_and(|v| v >= n) {
+            return;
+        }
+        assert!(
+            !running.task.is_finished(),
+            "the replicator stopped before reaching marker {n}"
+        );
+        tokio::select! {
+            r = rx.changed() => r.expect("replica alive"),
+            _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+            _ = tokio::time::sleep_until(deadline) => panic!("replica did not reach marker {n} (saw {seen:?})"),
+        }
+    }
+}
+
+/// Makes numbers comparable across integer/float JSON forms.
+fn normalize(v: serde_json::Value) -> serde_json::Value {
+    match v {
+        serde_json::Value::Number(n) => serde_json::json!(n.as_f64()),
+        serde_json::Value::Array(a) => {
+            serde_json::Value::Array(a.into_iter().map(normalize).collect())
+        }
+        serde_json::Value::Object(o) => {
+            serde_json::Value::Object(o.into_iter().map(|(k, v)| (k, normalize(v))).collect())
+        }
+        other => other,
+    }
+}
+
+fn value_json(v: &Value) -> serde_json::Value {
+    match v {
+        Value::Bytes(b) => {
+            serde_json::Value::String(b.iter().map(|x| format!("{x:02x}")).collect())
+        }
+        other => normalize(other.to_json()),
+    }
+}
+
+/// The SQL expression whose JSON form equals what zc stores for a column of this kind,
+/// computed by PostgreSQL independently of zc's parsers.
+fn oracle_expr(col: &str, kind: &TypeKind) -> String {
+    let c = format!("\"{col}\"");
+    match kind {
+        TypeKind::Numeric => format!("{c}::float8"),
+        TypeKind::Timestamp | TypeKind::TimestampTz | TypeKind::Time => {
+            format!("(extract(epoch from {c}) * 1000)::float8")
+        }
+        TypeKind::Date => format!("(extract(epoch from {c}::timestamp) * 1000)::float8"),
+        TypeKind::Uuid | TypeKind::Enum => format!("{c}::text"),
+        TypeKind::Array(_) => format!("array_to_json({c})"),
+        TypeKind::Bytea => format!("encode({c}, 'hex')"),
+        _ => c,
+    }
+}
+
+/// Rows of a table as PostgreSQL sees them, keyed by the JSON of their key.
+pub async fn pg_rows(
+    db: &TestDb,
+    spec: &zc_types::TableSpec,
+) -> BTreeMap<String, Vec<serde_json::Value>> {
+    let exprs: Vec<String> = spec
+        .columns
+        .iter()
+        .map(|c| oracle_expr(&c.name, &c.pg_type.kind))
+        .collect();
+    let sql = format!(
+        "SELECT json_build_array({})::text FROM {}",
+        exprs.join(", "),
+        spec.name.quoted()
+    );
+    let mut conn = db.connect().await;
+    let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
+        .fetch_all(&mut conn)
+        .await
+        .expect("oracle query");
+    let mut out = BTreeMap::new();
+    for r in rows {
+        let text: String = r.get(0);
+        let serde_json::Value::Array(vals) = serde_json::from_str(&text).expect("json") else {
+            panic!("not an array")
+        };
+        let vals: Vec<serde_json::Value> = vals.into_iter().map(normalize).collect();
+        let key: Vec<&serde_json::Value> = spec.key.iter().map(|&i| &vals[i]).collect();
+        out.insert(serde_json::to_string(&key).expect("key"), vals);
+    }
+    out
+}
+
+/// Rows of a table as the replica has them, keyed like [`pg_rows`].
+pub fn replica_rows(
+    replica: &Replica,
+    spec: &zc_types::TableSpec,
+) -> BTreeMap<String, Vec<serde_json::Value>> {
+    let snap = replica.snapshot().expect("snapshot");
+    let mut out = BTreeMap::new();
+    let mut last_key: Option<Vec<u8>> = None;
+    for row in snap.scan(&spec.name).expect("scan") {
+        let (row, _) = row.expect("row");
+        // Rows come in primary-key order.
+        let k = zc_replica::key::encode(spec.key.iter().map(|&i| &row[i]));
+        if let Some(prev) = &last_key {
+            assert!(prev < &k, "scan of {} is not in key order", spec.name);
+        }
+        last_key = Some(k);
+        let vals: Vec<serde_json::Value> = row.iter().map(value_json).collect();
+        let key: Vec<&serde_json::Value> = spec.key.iter().map(|&i| &vals[i]).collect();
+        out.insert(serde_json::to_string(&key).expect("key"), vals);
+    }
+    out
+}
+
+/// Asserts that every replicated table of the public schema equals PostgreSQL, row by row,
+/// and that the replica has exactly the published tables.
+pub async fn assert_converged(db: &TestDb, replica: &Replica) {
+    let tables = replica
+        .snapshot()
+        .expect("snapshot")
+        .tables()
+        .expect("tables");
+    let mut conn = db.connect().await;
+    let upstream: Vec<String> = sqlx::query_scalar(
+        "SELECT tablename::text FROM pg_tables WHERE schemaname = 'public' ORDER BY 1",
+    )
+    .fetch_all(&mut conn)
+    .await
+    .expect("list tables");
+    let mut replicated: Vec<String> = tables
+        .iter()
+        .filter(|t| t.name.schema == "public")
+        .map(|t| t.name.name.clone())
+        .collect();
+    replicated.sort();
+    assert_eq!(
+        replicated, upstream,
+        "replicated tables differ from upstream"
+    );
+    for spec in tables.iter().filter(|t| t.name.schema == "public") {
+        let expected = pg_rows(db, spec).await;
+        let actual = replica_rows(replica, spec);
+        if expected != actual {
+            let missing: Vec<_> = expected
+                .keys()
+                .filter(|k| !actual.contains_key(*k))
+                .take(5)
+                .collect();
+            let extra: Vec<_> = actual
+                .keys()
+                .filter(|k| !expected.contains_key(*k))
+                .take(5)
+                .collect();
+            let differing: Vec<_> = expected
+                .iter()
+                .filter(|(k, v)| actual.get(*k).is_some_and(|a| a != *v))
+                .take(3)
+                .map(|(k, v)| format!("{k}: pg={v:?} replica={:?}", actual.get(k)))
+                .collect();
+            panic!(
+                "table {} differs: {} rows upstream, {} in replica; missing {missing:?}; extra {extra:?}; differing {differing:?}",
+                spec.name,
+                expected.len(),
+                actual.len()
+            );
+        }
+        // Secondary indexes hold exactly the rows.
+        let snap = replica.snapshot().expect("snapshot");
+        for index in &spec.indexes {
+            let n = snap
+                .scan_index(&spec.name, &index.name, &[])
+                .expect("index scan")
+                .count();
+            assert_eq!(
+                n,
+                expected.len(),
+                "index {} of {} has {n} entries",
+                index.name,
+                spec.name
+            );
+        }
+    }
+}
+
+pub fn init_tracing() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("ZC_TEST_LOG")
+                .unwrap_or_else(|_| "warn".into()),
+        )
+        .with_test_writer()
+        .try_init();
+}

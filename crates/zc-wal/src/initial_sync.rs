@@ -1,0 +1,278 @@
+//! The initial sync: slot with an exported snapshot, then a parallel binary COPY of every
+//! published table at that snapshot, streamed into the destination in bounded batches.
+//!
+//! Memory stays bounded by `copy_workers × copy_batch_rows` rows (plus one COPY chunk per
+//! worker) whatever the table sizes: each worker hands a batch to the destination and waits
+//! for it before reading more, and TCP flow control holds PostgreSQL back meanwhile.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::time::Instant;
+
+use futures::StreamExt;
+use sqlx::postgres::PgConnection;
+use sqlx::{AssertSqlSafe, Connection, Executor};
+use tokio::sync::Mutex;
+use tokio_util::sync::CancellationToken;
+use tracing::info;
+use zc_types::{Row, TableSpec, Value};
+
+use crate::config::{ConnParts, WalConfig};
+use crate::copy_binary::CopyBinaryDecoder;
+use crate::destination::{Destination, SyncState, Watermark};
+use crate::error::{Error, Result, query_err};
+use crate::pg_value::{binary_supported, decode_binary, parse_text};
+use crate::session::create_slot;
+use crate::upstream::{self, CopySpec, ident};
+
+/// Counters of the copy, shared by the workers and the progress reporter.
+#[derive(Default)]
+struct Progress {
+    rows: AtomicU64,
+    tables_done: AtomicUsize,
+}
+
+/// Runs a fresh initial sync into `dest` and returns the state it stored.
+pub(crate) async fn run<D: Destination>(
+    cfg: &WalConfig,
+    parts: &ConnParts,
+    publications: &[String],
+    dest: &D,
+    cancel: &CancellationToken,
+) -> Result<SyncState> {
+    let started = Instant::now();
+    let mut control = upstream::connect(&cfg.upstream_url).await?;
+    upstream::drop_slot(&mut control, &cfg.slot_name()).await?;
+    let before = upstream::published_tables(&mut control, publications, None).await?;
+    upstream::ensure_replica_identities(&mut control, &before).await?;
+
+    let (session, slot) = create_slot(parts, cfg, publications).await?;
+    info!(slot = %cfg.slot_name(), consistent_point = %slot.consistent_point, "created replication slot");
+
+    // Every worker imports the snapshot before the slot's session does anything else.
+    let mut workers = Vec::with_capacity(cfg.copy_workers);
+    for _ in 0..cfg.copy_workers {
+        let mut conn = upstream::connect(&cfg.upstream_url).await?;
+        conn.execute("BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+            .await
+            .map_err(query_err("begin the snapshot transaction"))?;
+        let set = format!(
+            "SET TRANSACTION SNAPSHOT {}",
+            upstream::literal(&slot.snapshot)
+        );
+        conn.execute(AssertSqlSafe(set))
+            .await
+            .map_err(query_err("import the exported snapshot"))?;
+        workers.push(conn);
+    }
+    drop(session);
+    drop(control);
+
+    let tables = match workers.first_mut() {
+        Some(conn) => upstream::published_tables(conn, publications, None).await?,
+        None => Vec::new(),
+    };
+    let specs: Vec<Arc<TableSpec>> = tables.iter().map(|t| Arc::clone(&t.spec)).collect();
+    dest.begin_initial_sync(slot.consistent_point, specs)
+        .await
+        .map_err(|e| Error::Destination(Box::new(e)))?;
+
+    let total_tables = tables.len();
+    let queue = Arc::new(Mutex::new(tables.into_iter().collect::<VecDeque<_>>()));
+    let progress = Arc::new(Progress::default());
+    let copy = futures::future::try_join_all(workers.into_iter().map(|conn| {
+        copy_worker(
+            conn,
+            Arc::clone(&queue),
+            dest,
+            cfg.copy_batch_rows,
+            Arc::clone(&progress),
+        )
+    }));
+    let report = async {
+        let mut tick = tokio::time::interval(cfg.progress_interval);
+        tick.tick().await;
+        loop {
+            tick.tick().await;
+            let rows = progress.rows.load(Ordering::Relaxed);
+            let secs = started.elapsed().as_secs_f64().max(1e-3);
+            info!(
+                rows,
+                rows_per_sec = (rows as f64 / secs) as u64,
+                tables_done = progress.tables_done.load(Ordering::Relaxed),
+                tables = total_tables,
+                "initial sync in progress"
+            );
+        }
+    };
+    tokio::select! {
+        biased;
+        // Shutdown: stop copying; the next start begins the initial sync again.
+        _ = cancel.cancelled() => return Err(Error::ResyncRequired { reason: "initial sync was interrupted".into() }),
+        // The copy: finishes when every table is stored.
+        done = copy => { done?; }
+        // Progress reports: never finish.
+        _ = report => {}
+    }
+
+    let state = SyncState {
+        slot: cfg.slot_name(),
+        publications: publications.to_vec(),
+        replica_version: slot.consistent_point,
+        watermark: Watermark {
+            commit_lsn: slot.consistent_point,
+            ack_lsn: slot.consistent_point,
+        },
+    };
+    dest.finish_initial_sync(state.clone())
+        .await
+        .map_err(|e| Error::Destination(Box::new(e)))?;
+    let rows = progress.rows.load(Ordering::Relaxed);
+    let secs = started.elapsed().as_secs_f64();
+    info!(
+        rows,
+        tables = total_tables,
+        seconds = format!("{secs:.2}"),
+        rows_per_sec = (rows as f64 / secs.max(1e-3)) as u64,
+        version = %slot.consistent_point,
+        "initial sync complete"
+    );
+    Ok(state)
+}
+
+/// The SELECT list of a table's COPY: binary where we can decode the type, text otherwise.
+fn select_list(spec: &TableSpec) -> String {
+    spec.columns
+        .iter()
+        .map(|c| {
+            if binary_supported(&c.pg_type.kind) {
+                ident(&c.name)
+            } else {
+                format!("{}::text", ident(&c.name))
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+async fn copy_worker<D: Destination>(
+    mut conn: PgConnection,
+    queue: Arc<Mutex<VecDeque<CopySpec>>>,
+    dest: &D,
+    batch_rows: usize,
+    progress: Arc<Progress>,
+) -> Result<()> {
+    loop {
+        let Some(table) = queue.lock().await.pop_front() else {
+            break;
+        };
+        copy_table(&mut conn, &table, dest, batch_rows, &progress).await?;
+        progress.tables_done.fetch_add(1, Ordering::Relaxed);
+    }
+    conn.execute("COMMIT")
+        .await
+        .map_err(query_err("end the snapshot transaction"))?;
+    let _ = conn.close().await;
+    Ok(())
+}
+
+async fn copy_table<D: Destination>(
+    conn: &mut PgConnection,
+    table: &CopySpec,
+    dest: &D,
+    batch_rows: usize,
+    progress: &Progress,
+) -> Result<()> {
+    let spec = &table.spec;
+    let copy_err = |e: Box<dyn std::error::Error + Send + Sync>| Error::Copy {
+        table: spec.name.clone(),
+        source: e,
+    };
+    let filter = table
+        .row_filter
+        .as_ref()
+        .map(|f| format!(" WHERE {f}"))
+        .unwrap_or_default();
+    let sql = format!(
+        "COPY (SELECT {} FROM {}{filter}) TO STDOUT (FORMAT binary)",
+        select_list(spec),
+        spec.name.quoted()
+    );
+    let started = Instant::now();
+    let mut stream = conn
+        .copy_out_raw(&sql)
+        .await
+        .map_err(|e| copy_err(Box::new(e)))?;
+    let mut decoder = CopyBinaryDecoder::new();
+    let mut batch: Vec<Row> = Vec::with_capacity(batch_rows.min(100_000));
+    let mut count = 0u64;
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk.map_err(|e| copy_err(Box::new(e)))?;
+        decoder.push(&chunk);
+        while let Some(fields) = decoder.next_row().map_err(|e| copy_err(Box::new(e)))? {
+            batch.push(to_row(spec, fields)?);
+            if batch.len() >= batch_rows {
+                count += batch.len() as u64;
+                progress
+                    .rows
+                    .fetch_add(batch.len() as u64, Ordering::Relaxed);
+                let full =
+                    std::mem::replace(&mut batch, Vec::with_capacity(batch_rows.min(100_000)));
+                dest.copy_rows(&spec.name, full)
+                    .await
+                    .map_err(|e| Error::Destination(Box::new(e)))?;
+            }
+        }
+    }
+    drop(stream);
+    decoder.finish().map_err(|e| copy_err(Box::new(e)))?;
+    if !batch.is_empty() {
+        count += batch.len() as u64;
+        progress
+            .rows
+            .fetch_add(batch.len() as u64, Ordering::Relaxed);
+        dest.copy_rows(&spec.name, batch)
+            .await
+            .map_err(|e| Error::Destination(Box::new(e)))?;
+    }
+    info!(table = %spec.name, rows = count, ms = started.elapsed().as_millis() as u64, "copied table");
+    Ok(())
+}
+
+fn to_row(spec: &TableSpec, fields: Vec<Option<bytes::Bytes>>) -> Result<Row> {
+    if fields.len() != spec.columns.len() {
+        return Err(Error::Copy {
+            table: spec.name.clone(),
+            source: format!(
+                "COPY row has {} fields, expected {}",
+                fields.len(),
+                spec.columns.len()
+            )
+            .into(),
+        });
+    }
+    fields
+        .into_iter()
+        .zip(&spec.columns)
+        .map(|(field, col)| {
+            let Some(bytes) = field else {
+                return Ok(Value::Null);
+            };
+            let kind = &col.pg_type.kind;
+            let value = if binary_supported(kind) {
+                decode_binary(kind, &bytes)
+            } else {
+                match std::str::from_utf8(&bytes) {
+                    Ok(text) => parse_text(kind, text),
+                    Err(_) => Ok(Value::Bytes(bytes.to_vec())),
+                }
+            };
+            value.map_err(|source| Error::Value {
+                table: spec.name.clone(),
+                column: col.name.clone(),
+                source,
+            })
+        })
+        .collect()
+}

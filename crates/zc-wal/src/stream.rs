@@ -1,0 +1,472 @@
+//! Streaming: pgoutput from the slot, one transaction at a time, into the destination.
+//!
+//! # Progress tracking (the acknowledgement rule)
+//!
+//! ```text
+//!  Begin ─ changes ─ Commit(end_lsn) ──▶ destination.apply(txn) ──durable──▶ ack(end_lsn)
+//!  KeepAlive(wal_end), no transaction open ─────────────────────────────────▶ ack(wal_end)
+//! ```
+//!
+//! - An LSN is acknowledged to PostgreSQL only after the destination made everything up to it
+//!   durable, so a crash at any point loses nothing: the slot re-sends what was not
+//!   acknowledged, and transactions at or below the stored watermark are skipped, so nothing
+//!   is applied twice (`crash_and_restart_converges` in zc-replica's integration tests).
+//! - With no transaction open, every transaction before a keepalive's `wal_end` has been
+//!   received and applied (pgoutput sends transactions in commit order, and this loop applies
+//!   each before reading on), so acknowledging `wal_end` is safe; without it a quiet or
+//!   unpublished-only workload would pin WAL forever (`quiet_database_advances_the_slot`).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use pgwire_replication::{ReplicationClient, ReplicationEvent};
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+use zc_types::{Lsn, Row, TableName, TableSpec, Value};
+
+use crate::change::{Change, Transaction};
+use crate::config::{ConnParts, WalConfig};
+use crate::decode::{LogicalMessage, OldTuple, Relation, TupleValue, decode};
+use crate::destination::{Destination, SyncState, Watermark};
+use crate::error::{Error, Result};
+use crate::pg_value::parse_text;
+use crate::session::{repl_err, replication_config};
+use crate::upstream;
+
+/// What the stream knows about a relation id.
+enum RelState {
+    /// Replicated with this schema (the relation's columns match it one to one).
+    Table(Arc<TableSpec>),
+    /// Not replicated (no usable key): its changes are ignored.
+    Ignored,
+}
+
+struct Streamer<'a, D> {
+    cfg: &'a WalConfig,
+    dest: &'a D,
+    /// Tables the destination holds, by name.
+    known: HashMap<TableName, Arc<TableSpec>>,
+    relations: HashMap<u32, RelState>,
+    publications: Vec<String>,
+    drop_prefix: String,
+    watermark: Watermark,
+    open: Option<OpenTxn>,
+}
+
+struct OpenTxn {
+    commit_lsn: Lsn,
+    skip: bool,
+    changes: Vec<Change>,
+}
+
+/// Streams from the slot until cancelled or an error ends it.
+pub(crate) async fn run<D: Destination>(
+    cfg: &WalConfig,
+    parts: &ConnParts,
+    dest: &D,
+    state: &SyncState,
+    cancel: &CancellationToken,
+) -> Result<()> {
+    let tables = dest
+        .tables()
+        .await
+        .map_err(|e| Error::Destination(Box::new(e)))?;
+    let known = tables.into_iter().map(|t| (t.name.clone(), t)).collect();
+    let rc = replication_config(parts, cfg, &state.publications, state.watermark.ack_lsn);
+    let mut client = ReplicationClient::connect(rc)
+        .await
+        .map_err(repl_err("connect"))?;
+    tokio::select! {
+        biased;
+        _ = cancel.cancelled() => return Ok(()),
+        started = client.wait_started() => started.map_err(repl_err("start replication"))?,
+    }
+    info!(slot = %cfg.slot_name(), from = %state.watermark.commit_lsn, "streaming changes");
+    let mut streamer = Streamer {
+        cfg,
+        dest,
+        known,
+        relations: HashMap::new(),
+        publications: state.publications.clone(),
+        drop_prefix: upstream::drop_message_prefix(cfg),
+        watermark: state.watermark,
+        open: None,
+    };
+    let result = streamer.pump(&mut client, cancel).await;
+    client.stop();
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(5), client.shutdown()).await;
+    result
+}
+
+impl<D: Destination> Streamer<'_, D> {
+    async fn pump(
+        &mut self,
+        client: &mut ReplicationClient,
+        cancel: &CancellationToken,
+    ) -> Result<()> {
+        loop {
+            let event = tokio::select! {
+                biased;
+                // Shutdown: whatever is open is not acknowledged and will be re-sent.
+                _ = cancel.cancelled() => return Ok(()),
+                // The next event (cancel-safe: an mpsc receive).
+                ev = client.recv() => ev.map_err(repl_err("receive changes"))?,
+            };
+            let Some(event) = event else {
+                return Err(Error::Replication {
+                    what: "receive changes",
+                    source: "the replication stream ended".into(),
+                    transient: true,
+                });
+            };
+            match event {
+                ReplicationEvent::Begin { final_lsn, .. } => {
+                    let commit_lsn = Lsn(final_lsn.as_u64());
+                    self.open = Some(OpenTxn {
+                        commit_lsn,
+                        skip: commit_lsn <= self.watermark.commit_lsn,
+                        changes: Vec::new(),
+                    });
+                }
+                ReplicationEvent::XLogData {
+                    data, wal_start, ..
+                } => {
+                    let msg = decode(&data).map_err(|source| Error::Decode {
+                        lsn: Lsn(wal_start.as_u64()),
+                        source,
+                    })?;
+                    self.on_message(msg).await?;
+                }
+                ReplicationEvent::Message {
+                    transactional,
+                    prefix,
+                    content,
+                    ..
+                } => {
+                    if transactional && prefix == self.drop_prefix {
+                        self.on_drop(&content);
+                    } else if transactional {
+                        self.push(Change::Message {
+                            prefix,
+                            content: content.to_vec(),
+                        });
+                    }
+                }
+                ReplicationEvent::Commit {
+                    lsn,
+                    end_lsn,
+                    commit_time_micros,
+                } => {
+                    let Some(open) = self.open.take() else {
+                        warn!(lsn = %lsn, "commit without begin; ignored");
+                        continue;
+                    };
+                    let end = Lsn(end_lsn.as_u64());
+                    if open.skip {
+                        debug!(commit = %open.commit_lsn, "skipping transaction at or below the watermark");
+                    } else {
+                        let txn = Transaction {
+                            commit_lsn: open.commit_lsn,
+                            end_lsn: end,
+                            commit_time_micros,
+                            changes: open.changes,
+                        };
+                        self.dest
+                            .apply(txn)
+                            .await
+                            .map_err(|e| Error::Destination(Box::new(e)))?;
+                        self.watermark = Watermark {
+                            commit_lsn: open.commit_lsn,
+                            ack_lsn: end,
+                        };
+                        metrics::counter!("zc_wal_transactions_applied_total").increment(1);
+                    }
+                    client.update_applied_lsn(end_lsn);
+                }
+                ReplicationEvent::KeepAlive { wal_end, .. } => {
+                    if self.open.is_none() {
+                        client.update_applied_lsn(wal_end);
+                    }
+                }
+                ReplicationEvent::StoppedAt { .. } => return Ok(()),
+            }
+        }
+    }
+
+    /// Tables dropped upstream (announced by the shard's event trigger, inside the dropping
+    /// transaction): their rows go in the same transaction.
+    fn on_drop(&mut self, content: &[u8]) {
+        let Ok(dropped) = serde_json::from_slice::<Vec<(String, String)>>(content) else {
+            warn!("ignoring a malformed drop announcement");
+            return;
+        };
+        for (schema, name) in dropped {
+            let name = TableName::new(schema, name);
+            if let Some(spec) = self.known.remove(&name) {
+                info!(table = %name, "table dropped upstream");
+                self.relations.remove(&spec.oid);
+                self.push(Change::DropTable(name));
+            }
+        }
+    }
+
+    fn push(&mut self, change: Change) {
+        if let Some(open) = self.open.as_mut() {
+            if !open.skip {
+                open.changes.push(change);
+            }
+        }
+    }
+
+    fn table_of(&self, relation_id: u32) -> Result<Option<Arc<TableSpec>>> {
+        match self.relations.get(&relation_id) {
+            Some(RelState::Table(spec)) => Ok(Some(Arc::clone(spec))),
+            Some(RelState::Ignored) => Ok(None),
+            None => Err(Error::UnknownRelation(relation_id)),
+        }
+    }
+
+    async fn on_message(&mut self, msg: LogicalMessage) -> Result<()> {
+        match msg {
+            LogicalMessage::Relation(rel) => self.on_relation(rel).await,
+            LogicalMessage::Insert { relation_id, new } => {
+                let Some(spec) = self.table_of(relation_id)? else {
+                    return Ok(());
+                };
+                let row = full_row(&spec, &new)?;
+                self.push(Change::Insert {
+                    table: spec.name.clone(),
+                    row,
+                });
+                Ok(())
+            }
+            LogicalMessage::Update {
+                relation_id,
+                old,
+                new,
+            } => {
+                let Some(spec) = self.table_of(relation_id)? else {
+                    return Ok(());
+                };
+                let new_vals = partial_row(&spec, &new)?;
+                let new_key: Vec<Option<&Value>> = spec
+                    .key
+                    .iter()
+                    .map(|&i| new_vals.get(i).and_then(Option::as_ref))
+                    .collect();
+                let old_key = match old {
+                    Some(OldTuple::Key(t)) | Some(OldTuple::Full(t)) => {
+                        let old_vals = partial_row(&spec, &t)?;
+                        let key: Row = spec
+                            .key
+                            .iter()
+                            .map(|&i| old_vals.get(i).cloned().flatten().unwrap_or(Value::Null))
+                            .collect();
+                        let same = key.iter().zip(&new_key).all(|(a, b)| Some(a) == *b);
+                        (!same).then_some(key)
+                    }
+                    None => None,
+                };
+                self.push(Change::Update {
+                    table: spec.name.clone(),
+                    old_key,
+                    new: new_vals,
+                });
+                Ok(())
+            }
+            LogicalMessage::Delete { relation_id, old } => {
+                let Some(spec) = self.table_of(relation_id)? else {
+                    return Ok(());
+                };
+                let (OldTuple::Key(t) | OldTuple::Full(t)) = old;
+                let vals = partial_row(&spec, &t)?;
+                let key = spec
+                    .key
+                    .iter()
+                    .map(|&i| vals.get(i).cloned().flatten().unwrap_or(Value::Null))
+                    .collect();
+                self.push(Change::Delete {
+                    table: spec.name.clone(),
+                    key,
+                });
+                Ok(())
+            }
+            LogicalMessage::Truncate { relation_ids, .. } => {
+                let mut tables = Vec::new();
+                for id in relation_ids {
+                    if let Some(spec) = self.table_of(id)? {
+                        tables.push(spec.name.clone());
+                    }
+                }
+                if !tables.is_empty() {
+                    self.push(Change::Truncate { tables });
+                }
+                Ok(())
+            }
+            LogicalMessage::Message {
+                transactional: true,
+                prefix,
+                content,
+                ..
+            } => {
+                self.push(Change::Message { prefix, content });
+                Ok(())
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// A Relation message: the schema of a relation as of the next change to it.
+    async fn on_relation(&mut self, rel: Relation) -> Result<()> {
+        let name = TableName::new(
+            if rel.namespace.is_empty() {
+                "pg_catalog".to_owned()
+            } else {
+                rel.namespace.clone()
+            },
+            rel.name.clone(),
+        );
+        if let Some(spec) = self.known.get(&name) {
+            if spec.oid == rel.id && same_columns(spec, &rel) {
+                self.relations
+                    .insert(rel.id, RelState::Table(Arc::clone(spec)));
+                return Ok(());
+            }
+            if spec.oid == rel.id {
+                return Err(Error::ResyncRequired {
+                    reason: format!("the columns of {name} changed upstream"),
+                });
+            }
+            // Same name, new OID: the table was dropped and created again; its rows all
+            // arrive through the stream, like a new table's.
+        }
+        // A table that appeared after the initial sync: take its schema from the catalog if
+        // that still matches the stream, else from the Relation message itself.
+        let mut conn = upstream::connect(&self.cfg.upstream_url).await?;
+        let from_catalog =
+            upstream::published_tables(&mut conn, &self.publications, Some(&[rel.id]))
+                .await?
+                .into_iter()
+                .next()
+                .map(|c| c.spec)
+                .filter(|s| same_columns(s, &rel));
+        let spec = match from_catalog {
+            Some(spec) => Some(spec),
+            None => spec_from_relation(&mut conn, &name, &rel).await?,
+        };
+        match spec {
+            Some(spec) => {
+                info!(table = %name, "replicating a new table");
+                self.known.insert(name, Arc::clone(&spec));
+                self.relations
+                    .insert(rel.id, RelState::Table(Arc::clone(&spec)));
+                // The table is (re)created within this transaction, before its first change.
+                if let Some(open) = self.open.as_mut() {
+                    if !open.skip {
+                        open.changes.push(Change::CreateTable(spec));
+                    }
+                }
+            }
+            None => {
+                warn!(table = %name, "table has no usable key: its changes are not replicated");
+                self.relations.insert(rel.id, RelState::Ignored);
+            }
+        }
+        Ok(())
+    }
+}
+
+fn same_columns(spec: &TableSpec, rel: &Relation) -> bool {
+    spec.columns.len() == rel.columns.len()
+        && spec
+            .columns
+            .iter()
+            .zip(&rel.columns)
+            .all(|(c, r)| c.name == r.name && c.pg_type.oid == r.type_oid)
+}
+
+async fn spec_from_relation(
+    conn: &mut sqlx::PgConnection,
+    name: &TableName,
+    rel: &Relation,
+) -> Result<Option<Arc<TableSpec>>> {
+    let oids: Vec<u32> = rel.columns.iter().map(|c| c.type_oid).collect();
+    let types = upstream::resolve_types(conn, &oids).await?;
+    let key: Vec<usize> = rel
+        .columns
+        .iter()
+        .enumerate()
+        .filter(|(_, c)| c.is_key())
+        .map(|(i, _)| i)
+        .collect();
+    if key.is_empty() {
+        return Ok(None);
+    }
+    let columns = rel
+        .columns
+        .iter()
+        .map(|c| zc_types::ColumnSpec {
+            name: c.name.clone(),
+            pg_type: types.get(&c.type_oid).cloned().unwrap_or(zc_types::PgType {
+                oid: c.type_oid,
+                name: format!("oid {}", c.type_oid),
+                kind: zc_types::TypeKind::Unsupported,
+            }),
+            not_null: c.is_key(),
+        })
+        .collect();
+    Ok(Some(Arc::new(TableSpec {
+        name: name.clone(),
+        oid: rel.id,
+        columns,
+        key,
+        indexes: Vec::new(),
+    })))
+}
+
+fn value_of(spec: &TableSpec, i: usize, v: &TupleValue) -> Result<Option<Value>> {
+    let col = spec.columns.get(i).ok_or_else(|| Error::Value {
+        table: spec.name.clone(),
+        column: format!("#{i}"),
+        source: crate::pg_value::ValueError {
+            kind: "row".into(),
+            reason: "more values than columns".into(),
+        },
+    })?;
+    match v {
+        TupleValue::Null => Ok(Some(Value::Null)),
+        TupleValue::UnchangedToast => Ok(None),
+        TupleValue::Text(bytes) => {
+            let text = String::from_utf8_lossy(bytes);
+            parse_text(&col.pg_type.kind, &text)
+                .map(Some)
+                .map_err(|source| Error::Value {
+                    table: spec.name.clone(),
+                    column: col.name.clone(),
+                    source,
+                })
+        }
+        TupleValue::Binary(bytes) => crate::pg_value::decode_binary(&col.pg_type.kind, bytes)
+            .map(Some)
+            .map_err(|source| Error::Value {
+                table: spec.name.clone(),
+                column: col.name.clone(),
+                source,
+            }),
+    }
+}
+
+fn partial_row(spec: &TableSpec, tuple: &[TupleValue]) -> Result<Vec<Option<Value>>> {
+    tuple
+        .iter()
+        .enumerate()
+        .map(|(i, v)| value_of(spec, i, v))
+        .collect()
+}
+
+fn full_row(spec: &TableSpec, tuple: &[TupleValue]) -> Result<Row> {
+    Ok(partial_row(spec, tuple)?
+        .into_iter()
+        .map(|v| v.unwrap_or(Value::Null))
+        .collect())
+}

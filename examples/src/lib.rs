@@ -1,0 +1,1 @@
+//! Examples of zc public APIs; see the `[[example]]` targets.
