@@ -65,10 +65,8 @@ async fn wait_marker(replica: &Replica, n: i64) {
             .snapshot()
             .ok()
             .and_then(|s| s.get(&marker, &[Value::Int(1)]).ok().flatten());
-        if let Some((row, _)) = seen {
-            if matches!(row.get(1), Some(Value::Int(v)) if *v >= n) {
-                return;
-            }
+        if seen.is_some_and(|(row, _)| matches!(row.get(1), Some(Value::Int(v)) if *v >= n)) {
+            return;
         }
         rx.changed().await.unwrap();
     }

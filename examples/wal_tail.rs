@@ -79,13 +79,13 @@ impl Destination for Printer {
                 other => println!("  {other:?}"),
             }
         }
-        if let Ok(mut s) = self.state.lock() {
-            if let Some(s) = s.as_mut() {
-                s.watermark = zc_wal::Watermark {
-                    commit_lsn: txn.commit_lsn,
-                    ack_lsn: txn.end_lsn,
-                };
-            }
+        if let Ok(mut guard) = self.state.lock()
+            && let Some(s) = guard.as_mut()
+        {
+            s.watermark = zc_wal::Watermark {
+                commit_lsn: txn.commit_lsn,
+                ack_lsn: txn.end_lsn,
+            };
         }
         Ok(())
     }

@@ -191,11 +191,9 @@ impl Replica {
     fn apply_blocking(db: &Database, txn: &Transaction) -> Result<bool> {
         let mut w = db.begin_write()?;
         w.set_durability(Durability::Immediate)?;
-        if let Some(mark) = read_watermark(&w)? {
-            if txn.commit_lsn <= mark.commit_lsn {
-                w.abort()?;
-                return Ok(false);
-            }
+        if read_watermark(&w)?.is_some_and(|mark| txn.commit_lsn <= mark.commit_lsn) {
+            w.abort()?;
+            return Ok(false);
         }
         let version = txn.commit_lsn.as_u64();
         for change in &txn.changes {

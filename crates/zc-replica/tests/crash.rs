@@ -26,11 +26,16 @@ fn crash_child_replicator() {
     let Ok(spec) = std::env::var(CHILD_ENV) else {
         return;
     };
-    let (url, path) = spec.split_once('|').expect("url|path");
+    let mut parts = spec.splitn(3, '|');
+    let (url, app, path) = (
+        parts.next().expect("url"),
+        parts.next().expect("app"),
+        parts.next().expect("path"),
+    );
     let rt = tokio::runtime::Runtime::new().expect("runtime");
     rt.block_on(async {
         let replica = Replica::open(path).expect("open replica");
-        let mut cfg = zc_wal::WalConfig::new(url);
+        let mut cfg = zc_wal::WalConfig::new(url).with_app_id(app);
         cfg.copy_workers = 2;
         cfg.copy_batch_rows = 500;
         cfg.status_interval = Duration::from_millis(100);
@@ -41,7 +46,7 @@ fn crash_child_replicator() {
     });
 }
 
-fn spawn_child(url: &str, path: &std::path::Path) -> Child {
+fn spawn_child(db: &TestDb, path: &std::path::Path) -> Child {
     Command::new(std::env::current_exe().expect("current exe"))
         .args([
             "crash::crash_child_replicator",
@@ -49,11 +54,35 @@ fn spawn_child(url: &str, path: &std::path::Path) -> Child {
             "--nocapture",
             "--test-threads=1",
         ])
-        .env(CHILD_ENV, format!("{url}|{}", path.display()))
+        .env(
+            CHILD_ENV,
+            format!("{}|{}|{}", db.url(), db.name, path.display()),
+        )
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
         .expect("spawn child replicator")
+}
+
+async fn wait_slot_active(db: &TestDb, slot: &str) {
+    let mut conn = db.connect().await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
+    loop {
+        let active: Option<bool> =
+            sqlx::query_scalar("SELECT active FROM pg_replication_slots WHERE slot_name = $1")
+                .bind(slot)
+                .fetch_optional(&mut conn)
+                .await
+                .expect("slot query");
+        if active == Some(true) {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the child never started streaming"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -82,7 +111,12 @@ async fn crash_and_restart_converges() {
     let path = dir.path().join("replica.redb");
     let cycles = 6;
     for cycle in 0..cycles {
-        let mut child = spawn_child(db.url(), &path);
+        let mut child = spawn_child(&db, &path);
+        if cycle > 0 {
+            // Let it reach streaming (the slot is held by its walsender), so that the kills
+            // after the first land while transactions are being applied.
+            wait_slot_active(&db, &format!("{}_0_zc", db.name)).await;
+        }
         // Write while it runs, then kill it without warning.
         let writes = rng.random_range(5..40);
         random_transactions(&db, &tables, &mut rng, writes).await;
@@ -91,11 +125,27 @@ async fn crash_and_restart_converges() {
             cycle
         ))
         .await;
-        let wait = rng.random_range(50..1500);
+        // The first kill lands early, inside the initial copy of `big`.
+        let wait = if cycle == 0 {
+            100
+        } else {
+            rng.random_range(0..800)
+        };
         tokio::time::sleep(Duration::from_millis(wait)).await;
         child.kill().expect("kill -9");
         child.wait().expect("reap");
-        eprintln!("cycle {cycle}: killed after {writes} transactions + {wait} ms");
+        let reopened = Replica::open(&path);
+        let phase = match reopened.as_ref().map_err(|e| e.to_string()).and_then(|r| {
+            r.snapshot()
+                .and_then(|s| s.watermark())
+                .map_err(|e| e.to_string())
+        }) {
+            Ok(Some(w)) => format!("streaming at {}", w.commit_lsn),
+            Ok(None) => "initial sync".to_string(),
+            Err(e) => panic!("the replica must open after a kill: {e}"),
+        };
+        drop(reopened);
+        eprintln!("cycle {cycle}: killed after {writes} transactions + {wait} ms, during {phase}");
     }
     // A last, uninterrupted run must converge exactly.
     random_transactions(&db, &tables, &mut rng, 20).await;

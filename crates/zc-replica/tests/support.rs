@@ -11,9 +11,10 @@ use zc_testkit::TestDb;
 use zc_types::{TableName, TypeKind, Value};
 use zc_wal::{Replicator, WalConfig};
 
-/// The app id used by tests (each test has its own database, so names never collide).
+/// Replication settings for a test database. Slots are cluster-wide, so each test uses its
+/// database name as the app id (and so its own slot).
 pub fn wal_config(db: &TestDb) -> WalConfig {
-    let mut cfg = WalConfig::new(db.url());
+    let mut cfg = WalConfig::new(db.url()).with_app_id(db.name.clone());
     cfg.copy_workers = 3;
     cfg.copy_batch_rows = 1000;
     cfg.status_interval = Duration::from_millis(200);
@@ -73,9 +74,11 @@ pub async fn wait_marker(running: &Running, n: i64) {
     let marker = TableName::new("public", "zc_marker");
     let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
     loop {
+        // Only a completed sync counts: during an initial sync a snapshot shows a partial copy.
         let seen = replica
             .snapshot()
             .ok()
+            .filter(|s| s.watermark().ok().flatten().is_some())
             .and_then(|s| s.get(&marker, &[Value::Int(1)]).ok().flatten())
             .and_then(|(row, _)| match row.get(1) {
                 Some(Value::Int(v)) => Some(*v),

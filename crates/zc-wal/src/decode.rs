@@ -727,7 +727,7 @@ mod tests {
         // Insert claiming 32767 columns with 3 bytes left.
         let mut b = vec![b'I', 0, 0, 0, 1, b'N'];
         b.extend_from_slice(&i16::MAX.to_be_bytes());
-        b.extend_from_slice(&[b'n', b'n', b'n']);
+        b.extend_from_slice(b"nnn");
         let err = decode(&b).unwrap_err();
         assert!(err.reason.contains("columns"), "{err}");
         // Truncate claiming u32::MAX relations.
@@ -754,7 +754,7 @@ mod tests {
                 ]
             }
         );
-        let err = decode(&[b'Z']).unwrap_err();
+        let err = decode(b"Z").unwrap_err();
         assert!(err.to_string().contains("unknown message type"), "{err}");
         let mut trailing = b.to_vec();
         trailing.push(0);

@@ -211,10 +211,8 @@ impl<D: Destination> Streamer<'_, D> {
     }
 
     fn push(&mut self, change: Change) {
-        if let Some(open) = self.open.as_mut() {
-            if !open.skip {
-                open.changes.push(change);
-            }
+        if let Some(open) = self.open.as_mut().filter(|o| !o.skip) {
+            open.changes.push(change);
         }
     }
 
@@ -361,10 +359,8 @@ impl<D: Destination> Streamer<'_, D> {
                 self.relations
                     .insert(rel.id, RelState::Table(Arc::clone(&spec)));
                 // The table is (re)created within this transaction, before its first change.
-                if let Some(open) = self.open.as_mut() {
-                    if !open.skip {
-                        open.changes.push(Change::CreateTable(spec));
-                    }
+                if let Some(open) = self.open.as_mut().filter(|o| !o.skip) {
+                    open.changes.push(Change::CreateTable(spec));
                 }
             }
             None => {

@@ -393,10 +393,11 @@ pub(crate) async fn published_tables(
                 continue;
             }
             let name: String = col(c, "name")?;
-            if let Some(list) = &t.attnames {
-                if !list.contains(&name) {
-                    continue;
-                }
+            if t.attnames
+                .as_ref()
+                .is_some_and(|list| !list.contains(&name))
+            {
+                continue;
             }
             let typ = u32::try_from(col::<i64>(c, "typ")?).unwrap_or_default();
             let pg_type = types.get(&typ).cloned().unwrap_or(PgType {
