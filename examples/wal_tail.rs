@@ -59,6 +59,16 @@ impl Destination for Printer {
         Ok(())
     }
 
+    async fn begin_table_resync(&self, spec: Arc<TableSpec>) -> Result<(), Infallible> {
+        println!("copying {} again after a schema change", spec.name);
+        Ok(())
+    }
+
+    async fn finish_table_resync(&self, table: &TableName) -> Result<(), Infallible> {
+        println!("copy of {table} done");
+        Ok(())
+    }
+
     async fn apply(&self, txn: Transaction) -> Result<(), Infallible> {
         println!(
             "transaction {} ({} changes)",

@@ -45,6 +45,8 @@ const CHANGELOG_ROWS: TableDefinition<&[u8], u64> = TableDefinition::new("zc_cha
 const META_STATE: &str = "state";
 const META_WATERMARK: &str = "watermark";
 const META_SYNCING: &str = "initial_sync_in_progress";
+/// The schema of a table being copied again into staging tables.
+const META_RESYNC: &str = "table_resync_in_progress";
 
 /// What happened to a row (or a whole table) in the change log.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -106,6 +108,30 @@ fn rows_table(name: &str) -> String {
 
 fn index_table(name: &str, index: &str) -> String {
     format!("i:{name}:{index}")
+}
+
+/// Where a table's rows and index entries are written: its live tables, or the staging
+/// tables of a table resync.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Area {
+    Live,
+    Staging,
+}
+
+impl Area {
+    fn rows(self, name: &str) -> String {
+        match self {
+            Area::Live => rows_table(name),
+            Area::Staging => format!("r~:{name}"),
+        }
+    }
+
+    fn index(self, name: &str, index: &str) -> String {
+        match self {
+            Area::Live => index_table(name, index),
+            Area::Staging => format!("i~:{name}:{index}"),
+        }
+    }
 }
 
 /// A redb replica of the upstream tables.
@@ -298,24 +324,33 @@ fn index_key(index: &zc_types::IndexSpec, row: &[Value], pk: &[u8]) -> Vec<u8> {
     out
 }
 
-/// Inserts (or replaces) a row with its index entries; returns the previous row, if any.
+/// Inserts (or replaces) a row with its index entries; returns its encoded key.
 fn put_row(w: &WriteTransaction, spec: &TableSpec, version: u64, row: &[Value]) -> Result<Vec<u8>> {
+    put_row_in(w, Area::Live, spec, version, row)
+}
+
+fn put_row_in(
+    w: &WriteTransaction,
+    area: Area,
+    spec: &TableSpec,
+    version: u64,
+    row: &[Value],
+) -> Result<Vec<u8>> {
     let pk = row_key(spec, row)?;
     let name = spec.name.to_string();
     let previous = {
-        let mut rows = w.open_table(TableDefinition::<&[u8], &[u8]>::new(&rows_table(&name)))?;
+        let mut rows = w.open_table(TableDefinition::<&[u8], &[u8]>::new(&area.rows(&name)))?;
         let prev = rows.insert(pk.as_slice(), encode_stored_row(version, row).as_slice())?;
         prev.map(|p| p.value().to_vec())
     };
     if let Some(prev) = previous {
         let (old, _) = decode_stored_row(&spec.name, &prev)?;
-        remove_index_entries(w, spec, &old, &pk)?;
+        remove_index_entries_in(w, area, spec, &old, &pk)?;
     }
     for index in &spec.indexes {
-        let mut t = w.open_table(TableDefinition::<&[u8], ()>::new(&index_table(
-            &name,
-            &index.name,
-        )))?;
+        let mut t = w.open_table(TableDefinition::<&[u8], ()>::new(
+            &area.index(&name, &index.name),
+        ))?;
         t.insert(index_key(index, row, &pk).as_slice(), ())?;
     }
     Ok(pk)
@@ -327,12 +362,21 @@ fn remove_index_entries(
     row: &[Value],
     pk: &[u8],
 ) -> Result<()> {
+    remove_index_entries_in(w, Area::Live, spec, row, pk)
+}
+
+fn remove_index_entries_in(
+    w: &WriteTransaction,
+    area: Area,
+    spec: &TableSpec,
+    row: &[Value],
+    pk: &[u8],
+) -> Result<()> {
     let name = spec.name.to_string();
     for index in &spec.indexes {
-        let mut t = w.open_table(TableDefinition::<&[u8], ()>::new(&index_table(
-            &name,
-            &index.name,
-        )))?;
+        let mut t = w.open_table(TableDefinition::<&[u8], ()>::new(
+            &area.index(&name, &index.name),
+        ))?;
         t.remove(index_key(index, row, pk).as_slice())?;
     }
     Ok(())
@@ -353,15 +397,30 @@ fn delete_row(w: &WriteTransaction, spec: &TableSpec, pk: &[u8]) -> Result<Optio
 }
 
 fn drop_table_data(w: &WriteTransaction, spec: &TableSpec) -> Result<()> {
+    drop_table_data_in(w, Area::Live, spec)
+}
+
+fn drop_table_data_in(w: &WriteTransaction, area: Area, spec: &TableSpec) -> Result<()> {
     let name = spec.name.to_string();
-    w.delete_table(TableDefinition::<&[u8], &[u8]>::new(&rows_table(&name)))?;
+    w.delete_table(TableDefinition::<&[u8], &[u8]>::new(&area.rows(&name)))?;
     for index in &spec.indexes {
-        w.delete_table(TableDefinition::<&[u8], ()>::new(&index_table(
-            &name,
-            &index.name,
-        )))?;
+        w.delete_table(TableDefinition::<&[u8], ()>::new(
+            &area.index(&name, &index.name),
+        ))?;
     }
     Ok(())
+}
+
+fn staged_spec(w: &WriteTransaction) -> Result<Option<TableSpec>> {
+    let meta = w.open_table(META)?;
+    let raw = meta.get(META_RESYNC)?;
+    raw.map(|r| {
+        serde_json::from_slice(r.value()).map_err(|source| Error::Catalog {
+            table: META_RESYNC.to_owned(),
+            source,
+        })
+    })
+    .transpose()
 }
 
 fn create_table_data(w: &WriteTransaction, spec: &TableSpec) -> Result<()> {
@@ -535,23 +594,114 @@ impl Destination for Replica {
         self.write(move |db| {
             let mut w = db.begin_write()?;
             w.set_durability(Durability::None)?;
-            let version = {
-                let meta = w.open_table(META)?;
-                let v = meta.get(META_SYNCING)?.ok_or(Error::State(META_SYNCING))?;
-                let raw: [u8; 8] = v
-                    .value()
-                    .try_into()
-                    .map_err(|_| Error::State(META_SYNCING))?;
-                u64::from_be_bytes(raw)
-            };
-            let spec = load_spec(&w, &table)?;
-            for row in &rows {
-                put_row(&w, &spec, version, row)?;
+            match staged_spec(&w)?.filter(|s| s.name == table) {
+                Some(spec) => {
+                    // Staged rows carry the version the swap will have.
+                    let mark = read_watermark(&w)?.ok_or(Error::State(META_WATERMARK))?;
+                    let version = mark.commit_lsn.as_u64() + 1;
+                    for row in &rows {
+                        put_row_in(&w, Area::Staging, &spec, version, row)?;
+                    }
+                }
+                None => {
+                    let version = {
+                        let meta = w.open_table(META)?;
+                        let v = meta.get(META_SYNCING)?.ok_or(Error::State(META_SYNCING))?;
+                        let raw: [u8; 8] = v
+                            .value()
+                            .try_into()
+                            .map_err(|_| Error::State(META_SYNCING))?;
+                        u64::from_be_bytes(raw)
+                    };
+                    let spec = load_spec(&w, &table)?;
+                    for row in &rows {
+                        put_row(&w, &spec, version, row)?;
+                    }
+                }
             }
             w.commit()?;
             Ok(())
         })
         .await
+    }
+
+    async fn begin_table_resync(&self, spec: Arc<TableSpec>) -> Result<()> {
+        self.write(move |db| {
+            let mut w = db.begin_write()?;
+            w.set_durability(Durability::Immediate)?;
+            // Leftovers of an interrupted resync go first.
+            if let Some(old) = staged_spec(&w)? {
+                drop_table_data_in(&w, Area::Staging, &old)?;
+            }
+            drop_table_data_in(&w, Area::Staging, &spec)?;
+            let name = spec.name.to_string();
+            w.open_table(TableDefinition::<&[u8], &[u8]>::new(
+                &Area::Staging.rows(&name),
+            ))?;
+            for index in &spec.indexes {
+                w.open_table(TableDefinition::<&[u8], ()>::new(
+                    &Area::Staging.index(&name, &index.name),
+                ))?;
+            }
+            let json = serde_json::to_vec(spec.as_ref()).map_err(|source| Error::Catalog {
+                table: name.clone(),
+                source,
+            })?;
+            w.open_table(META)?.insert(META_RESYNC, json.as_slice())?;
+            w.commit()?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn finish_table_resync(&self, table: &TableName) -> Result<()> {
+        let table = table.clone();
+        let version = self
+            .write(move |db| {
+                let mut w = db.begin_write()?;
+                w.set_durability(Durability::Immediate)?;
+                let spec = staged_spec(&w)?
+                    .filter(|s| s.name == table)
+                    .ok_or(Error::State(META_RESYNC))?;
+                let mark = read_watermark(&w)?.ok_or(Error::State(META_WATERMARK))?;
+                // The swap is a change of its own, between the last applied transaction and
+                // the next one: readers see a new version; the acknowledged LSN stays.
+                let version = mark.commit_lsn.as_u64() + 1;
+                if let Ok(old) = load_spec(&w, &spec.name) {
+                    drop_table_data(&w, &old)?;
+                }
+                let name = spec.name.to_string();
+                w.rename_table(
+                    TableDefinition::<&[u8], &[u8]>::new(&Area::Staging.rows(&name)),
+                    TableDefinition::<&[u8], &[u8]>::new(&Area::Live.rows(&name)),
+                )?;
+                for index in &spec.indexes {
+                    w.rename_table(
+                        TableDefinition::<&[u8], ()>::new(&Area::Staging.index(&name, &index.name)),
+                        TableDefinition::<&[u8], ()>::new(&Area::Live.index(&name, &index.name)),
+                    )?;
+                }
+                let json = serde_json::to_string(&spec).map_err(|source| Error::Catalog {
+                    table: name.clone(),
+                    source,
+                })?;
+                w.open_table(CATALOG)?
+                    .insert(name.as_str(), json.as_str())?;
+                w.open_table(META)?.remove(META_RESYNC)?;
+                log_change(&w, version, &spec.name, &[], ChangeOp::Reset)?;
+                write_watermark(
+                    &w,
+                    Watermark {
+                        commit_lsn: Lsn(version),
+                        ack_lsn: mark.ack_lsn,
+                    },
+                )?;
+                w.commit()?;
+                Ok(Lsn(version))
+            })
+            .await?;
+        self.inner.version_tx.send_replace(version);
+        Ok(())
     }
 
     async fn finish_initial_sync(&self, state: SyncState) -> Result<()> {

@@ -172,14 +172,31 @@ async fn schema_changes_are_replicated() {
     wait_marker(&running, n).await;
     assert_converged(&db, &running.replica).await;
 
-    // Columns added and dropped.
+    // Columns added, dropped and retyped: only those tables are copied again.
+    let version_before = replica_version(&running.replica).await;
     db.exec("ALTER TABLE a ADD COLUMN w int DEFAULT 7; UPDATE a SET v = 'z' WHERE id = 1;")
         .await;
+    db.exec("INSERT INTO a VALUES (3, 'later', 8)").await;
     db.exec("ALTER TABLE b DROP COLUMN n; INSERT INTO b VALUES ('m');")
+        .await;
+    db.exec("ALTER TABLE a ALTER COLUMN w TYPE int8; UPDATE a SET w = w + 1;")
         .await;
     let n = bump_marker(&db).await;
     wait_marker(&running, n).await;
     assert_converged(&db, &running.replica).await;
+    assert_eq!(
+        replica_version(&running.replica).await,
+        version_before,
+        "a column change must copy only the changed table, not resync the replica"
+    );
+    let a = running
+        .replica
+        .snapshot()
+        .expect("snap")
+        .table(&TableName::new("public", "a"))
+        .expect("a");
+    assert_eq!(a.columns.len(), 3);
+    assert!(a.copied_at > version_before);
 
     // A table dropped for good.
     db.exec("CREATE TABLE c (id int PRIMARY KEY); INSERT INTO c VALUES (1);")
@@ -270,4 +287,52 @@ fn zc_pg_embed_start_with_wal_level_replica() -> zc_pg_embed::EmbeddedPostgres {
     opts.extra_settings
         .push(("wal_level".into(), "replica".into()));
     zc_pg_embed::EmbeddedPostgres::start(opts).expect("start postgres")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keyless_tables_use_a_unique_index_or_are_skipped() {
+    init_tracing();
+    let db = TestDb::new().await;
+    db.exec(MARKER_DDL).await;
+    db.exec(
+        "CREATE TABLE by_unique (code text NOT NULL, n int);
+         CREATE UNIQUE INDEX by_unique_code ON by_unique (code);
+         INSERT INTO by_unique VALUES ('a', 1), ('b', 2);
+         CREATE TABLE no_key (v text);
+         INSERT INTO no_key VALUES ('x');",
+    )
+    .await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let running = Running::start(wal_config(&db), &dir.path().join("r.redb"));
+    let n = bump_marker(&db).await;
+    wait_marker(&running, n).await;
+    // Updates and deletes of the unique-keyed table carry its key (zc set REPLICA IDENTITY
+    // USING INDEX); inserts into the key-less table are ignored without stopping replication
+    // (PostgreSQL itself refuses updates of a published table without a replica identity).
+    db.exec(
+        "UPDATE by_unique SET n = 10 WHERE code = 'a'; DELETE FROM by_unique WHERE code = 'b';
+         UPDATE by_unique SET code = 'c' WHERE code = 'a';
+         INSERT INTO no_key VALUES ('y');",
+    )
+    .await;
+    let n = bump_marker(&db).await;
+    wait_marker(&running, n).await;
+    let snap = running.replica.snapshot().expect("snapshot");
+    let names: Vec<String> = snap
+        .tables()
+        .expect("tables")
+        .iter()
+        .map(|t| t.name.to_string())
+        .collect();
+    assert!(names.contains(&"public.by_unique".to_string()), "{names:?}");
+    assert!(!names.contains(&"public.no_key".to_string()), "{names:?}");
+    let spec = snap
+        .table(&TableName::new("public", "by_unique"))
+        .expect("spec");
+    let rows = crate::support::replica_rows(&running.replica, &spec);
+    let expected = crate::support::pg_rows(&db, &spec).await;
+    assert_eq!(rows, expected);
+    assert_eq!(rows.len(), 1);
+    drop(snap);
+    running.stop().await;
 }

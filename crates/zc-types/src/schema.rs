@@ -167,6 +167,11 @@ pub struct TableSpec {
     pub key: Vec<usize>,
     /// Secondary indexes.
     pub indexes: Vec<IndexSpec>,
+    /// The LSN of the snapshot the table's rows were last copied at (the initial sync, or a
+    /// resync of this table after a schema change). Changes to the table in transactions
+    /// that commit before it are already in the copy. Zero for tables born in the stream.
+    #[serde(default)]
+    pub copied_at: crate::Lsn,
 }
 
 impl TableSpec {

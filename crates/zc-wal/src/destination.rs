@@ -72,6 +72,22 @@ pub trait Destination: Send + Sync + 'static {
         state: SyncState,
     ) -> impl Future<Output = Result<(), Self::Error>> + Send;
 
+    /// Starts replacing one table (after its schema changed upstream) with a fresh copy:
+    /// until [`finish_table_resync`](Self::finish_table_resync), `copy_rows` for this table
+    /// MUST go to a staging area, and the table as readers see it MUST stay as it was.
+    /// `spec.copied_at` is the LSN of the snapshot of the copy.
+    fn begin_table_resync(
+        &self,
+        spec: Arc<TableSpec>,
+    ) -> impl Future<Output = Result<(), Self::Error>> + Send;
+
+    /// Atomically and durably swaps the staged copy in (schema and rows), as a change of its
+    /// own that readers can see, without moving the acknowledged position.
+    fn finish_table_resync(
+        &self,
+        table: &TableName,
+    ) -> impl Future<Output = Result<(), Self::Error>> + Send;
+
     /// Applies one transaction atomically and durably.
     fn apply(&self, txn: Transaction) -> impl Future<Output = Result<(), Self::Error>> + Send;
 }

@@ -110,6 +110,14 @@ pub enum Error {
     /// The destination failed to store data.
     #[error("the destination failed to store replicated data")]
     Destination(#[source] BoxError),
+    /// A table's columns changed upstream: it is copied again at a new snapshot.
+    #[error("table {table} changed upstream and must be copied again")]
+    TableResyncRequired {
+        /// The table.
+        table: TableName,
+        /// Its OID.
+        oid: u32,
+    },
     /// The replica can no longer follow the slot and must be rebuilt from a fresh copy.
     #[error("a full resync is required: {reason}")]
     ResyncRequired {

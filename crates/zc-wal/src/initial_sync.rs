@@ -47,7 +47,7 @@ pub(crate) async fn run<D: Destination>(
     let before = upstream::published_tables(&mut control, publications, None).await?;
     upstream::ensure_replica_identities(&mut control, &before).await?;
 
-    let (session, slot) = create_slot(parts, cfg, publications).await?;
+    let (session, slot) = create_slot(parts, cfg, publications, &cfg.slot_name(), false).await?;
     info!(slot = %cfg.slot_name(), consistent_point = %slot.consistent_point, "created replication slot");
 
     // Every worker imports the snapshot before the slot's session does anything else.
@@ -69,10 +69,13 @@ pub(crate) async fn run<D: Destination>(
     drop(session);
     drop(control);
 
-    let tables = match workers.first_mut() {
+    let mut tables = match workers.first_mut() {
         Some(conn) => upstream::published_tables(conn, publications, None).await?,
         None => Vec::new(),
     };
+    for t in &mut tables {
+        Arc::make_mut(&mut t.spec).copied_at = slot.consistent_point;
+    }
     let specs: Vec<Arc<TableSpec>> = tables.iter().map(|t| Arc::clone(&t.spec)).collect();
     dest.begin_initial_sync(slot.consistent_point, specs)
         .await
@@ -275,4 +278,63 @@ fn to_row(spec: &TableSpec, fields: Vec<Option<bytes::Bytes>>) -> Result<Row> {
             })
         })
         .collect()
+}
+
+/// Copies one table again at a new snapshot (after its columns changed upstream) and swaps
+/// the copy in. A temporary slot exports the snapshot; its consistent point becomes the
+/// table's `copied_at`, so the stream then ignores changes to the table in transactions
+/// the copy already contains.
+pub(crate) async fn resync_table<D: Destination>(
+    cfg: &WalConfig,
+    parts: &ConnParts,
+    publications: &[String],
+    dest: &D,
+    table: &zc_types::TableName,
+    oid: u32,
+) -> Result<()> {
+    let started = Instant::now();
+    let tmp_slot = format!("{}_resync", cfg.slot_name());
+    let (session, slot) = create_slot(parts, cfg, publications, &tmp_slot, true).await?;
+    let mut conn = upstream::connect(&cfg.upstream_url).await?;
+    conn.execute("BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+        .await
+        .map_err(query_err("begin the snapshot transaction"))?;
+    let set = format!(
+        "SET TRANSACTION SNAPSHOT {}",
+        upstream::literal(&slot.snapshot)
+    );
+    conn.execute(AssertSqlSafe(set))
+        .await
+        .map_err(query_err("import the exported snapshot"))?;
+    // The temporary slot goes with its session; the snapshot stays valid in our transaction.
+    drop(session);
+    let Some(mut copy) = upstream::published_tables(&mut conn, publications, Some(&[oid]))
+        .await?
+        .into_iter()
+        .next()
+    else {
+        return Err(Error::ResyncRequired {
+            reason: format!("table {table} is no longer published with a usable key"),
+        });
+    };
+    Arc::make_mut(&mut copy.spec).copied_at = slot.consistent_point;
+    dest.begin_table_resync(Arc::clone(&copy.spec))
+        .await
+        .map_err(|e| Error::Destination(Box::new(e)))?;
+    let progress = Progress::default();
+    copy_table(&mut conn, &copy, dest, cfg.copy_batch_rows, &progress).await?;
+    conn.execute("COMMIT")
+        .await
+        .map_err(query_err("end the snapshot transaction"))?;
+    dest.finish_table_resync(&copy.spec.name)
+        .await
+        .map_err(|e| Error::Destination(Box::new(e)))?;
+    info!(
+        table = %copy.spec.name,
+        rows = progress.rows.load(Ordering::Relaxed),
+        snapshot = %slot.consistent_point,
+        ms = started.elapsed().as_millis() as u64,
+        "table copied again after a schema change"
+    );
+    Ok(())
 }

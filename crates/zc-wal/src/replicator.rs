@@ -63,6 +63,18 @@ impl<D: Destination> Replicator<D> {
                     backoff = Duration::from_millis(100);
                 }
                 Err(Error::ResyncRequired { .. }) => return Ok(()),
+                Err(Error::TableResyncRequired { table, oid }) => {
+                    if let Err(e) = self.resync_table(&table, oid).await {
+                        if e.is_transient() {
+                            warn!(error = %e, table = %table, "copying the changed table failed; retrying");
+                        } else {
+                            error!(error = %e, table = %table, "REPLICA RESET: could not copy the changed table; resyncing everything");
+                            if let Err(e) = self.reset().await {
+                                warn!(error = %e, "could not drop the old slot before resyncing");
+                            }
+                        }
+                    }
+                }
                 Err(e) if e.is_transient() => {
                     warn!(error = %e, retry_in_ms = backoff.as_millis() as u64, "replication interrupted; retrying from the durable watermark");
                     tokio::select! {
@@ -75,6 +87,30 @@ impl<D: Destination> Replicator<D> {
                 Err(e) => return Err(e),
             }
         }
+    }
+
+    async fn resync_table(&self, table: &zc_types::TableName, oid: u32) -> Result<()> {
+        let parts = parse_url(&self.cfg.upstream_url)?;
+        let state = self
+            .dest
+            .sync_state()
+            .await
+            .map_err(|e| Error::Destination(Box::new(e)))?;
+        let Some(state) = state else {
+            return Err(Error::ResyncRequired {
+                reason: "no replica state".into(),
+            });
+        };
+        info!(table = %table, "copying a table again after its columns changed upstream");
+        initial_sync::resync_table(
+            &self.cfg,
+            &parts,
+            &state.publications,
+            &self.dest,
+            table,
+            oid,
+        )
+        .await
     }
 
     /// Forgets the destination's state so that the next start resyncs: drops the slot.

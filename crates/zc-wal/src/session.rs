@@ -72,14 +72,16 @@ pub(crate) async fn create_slot(
     parts: &ConnParts,
     cfg: &WalConfig,
     publications: &[String],
+    slot_name: &str,
+    temporary: bool,
 ) -> Result<(ReplicationClient, CreatedSlot), Error> {
     let rc = replication_config(parts, cfg, publications, Lsn::ZERO);
     let mut client = ReplicationClient::connect_gated(rc)
         .await
         .map_err(repl_err("connect"))?;
     let sql = format!(
-        "CREATE_REPLICATION_SLOT \"{}\" LOGICAL pgoutput (SNAPSHOT 'export')",
-        cfg.slot_name()
+        "CREATE_REPLICATION_SLOT \"{slot_name}\" {}LOGICAL pgoutput (SNAPSHOT 'export')",
+        if temporary { "TEMPORARY " } else { "" }
     );
     let rows = tokio::time::timeout(std::time::Duration::from_secs(60), client.simple_query(&sql))
         .await

@@ -35,8 +35,9 @@ use crate::upstream;
 
 /// What the stream knows about a relation id.
 enum RelState {
-    /// Replicated with this schema (the relation's columns match it one to one).
-    Table(Arc<TableSpec>),
+    /// Replicated with this schema; `matches` is false when the relation's columns (as the
+    /// stream last described them) differ from it.
+    Table { spec: Arc<TableSpec>, matches: bool },
     /// Not replicated (no usable key): its changes are ignored.
     Ignored,
 }
@@ -216,9 +217,26 @@ impl<D: Destination> Streamer<'_, D> {
         }
     }
 
+    /// The table a change applies to; `None` when the change is to be ignored: the table is
+    /// not replicated, the transaction is skipped, or the table was copied at a snapshot
+    /// that already contains this transaction.
     fn table_of(&self, relation_id: u32) -> Result<Option<Arc<TableSpec>>> {
+        let Some(open) = self.open.as_ref() else {
+            return Ok(None);
+        };
         match self.relations.get(&relation_id) {
-            Some(RelState::Table(spec)) => Ok(Some(Arc::clone(spec))),
+            Some(RelState::Table { spec, matches }) => {
+                if open.skip || open.commit_lsn < spec.copied_at {
+                    Ok(None)
+                } else if !matches {
+                    Err(Error::TableResyncRequired {
+                        table: spec.name.clone(),
+                        oid: spec.oid,
+                    })
+                } else {
+                    Ok(Some(Arc::clone(spec)))
+                }
+            }
             Some(RelState::Ignored) => Ok(None),
             None => Err(Error::UnknownRelation(relation_id)),
         }
@@ -324,19 +342,21 @@ impl<D: Destination> Streamer<'_, D> {
             },
             rel.name.clone(),
         );
-        if let Some(spec) = self.known.get(&name) {
-            if spec.oid == rel.id && same_columns(spec, &rel) {
-                self.relations
-                    .insert(rel.id, RelState::Table(Arc::clone(spec)));
-                return Ok(());
+        // The same name with a new OID means the table was dropped and created again: its
+        // rows all arrive through the stream, like a new table's (handled below).
+        if let Some(spec) = self.known.get(&name).filter(|s| s.oid == rel.id) {
+            // A mismatch matters only once a change to the table must be applied (it may
+            // belong to a transaction that a later copy of the table already contains).
+            let matches = same_columns(spec, &rel);
+            if !matches {
+                info!(table = %name, "the table's columns changed upstream");
             }
-            if spec.oid == rel.id {
-                return Err(Error::ResyncRequired {
-                    reason: format!("the columns of {name} changed upstream"),
-                });
-            }
-            // Same name, new OID: the table was dropped and created again; its rows all
-            // arrive through the stream, like a new table's.
+            let state = RelState::Table {
+                spec: Arc::clone(spec),
+                matches,
+            };
+            self.relations.insert(rel.id, state);
+            return Ok(());
         }
         // A table that appeared after the initial sync: take its schema from the catalog if
         // that still matches the stream, else from the Relation message itself.
@@ -356,8 +376,13 @@ impl<D: Destination> Streamer<'_, D> {
             Some(spec) => {
                 info!(table = %name, "replicating a new table");
                 self.known.insert(name, Arc::clone(&spec));
-                self.relations
-                    .insert(rel.id, RelState::Table(Arc::clone(&spec)));
+                self.relations.insert(
+                    rel.id,
+                    RelState::Table {
+                        spec: Arc::clone(&spec),
+                        matches: true,
+                    },
+                );
                 // The table is (re)created within this transaction, before its first change.
                 if let Some(open) = self.open.as_mut().filter(|o| !o.skip) {
                     open.changes.push(Change::CreateTable(spec));
@@ -373,7 +398,15 @@ impl<D: Destination> Streamer<'_, D> {
 }
 
 fn same_columns(spec: &TableSpec, rel: &Relation) -> bool {
-    spec.columns.len() == rel.columns.len()
+    // With the default or an index replica identity, the key columns must still be the key.
+    let key_ok = !matches!(rel.replica_identity, b'd' | b'i')
+        || rel
+            .columns
+            .iter()
+            .enumerate()
+            .all(|(i, c)| c.is_key() == spec.key.contains(&i));
+    key_ok
+        && spec.columns.len() == rel.columns.len()
         && spec
             .columns
             .iter()
@@ -417,6 +450,7 @@ async fn spec_from_relation(
         columns,
         key,
         indexes: Vec::new(),
+        copied_at: Lsn::ZERO,
     })))
 }
 

@@ -470,6 +470,7 @@ pub(crate) async fn published_tables(
                 columns,
                 key,
                 indexes: index_specs,
+                copied_at: zc_types::Lsn::ZERO,
             }),
             row_filter: t.row_filter,
         });
