@@ -1,146 +1,228 @@
-//! An incremental parser for `COPY … TO STDOUT (FORMAT binary)` output.
+//! An incremental parser for the output of `COPY … TO STDOUT (FORMAT binary)`.
 //!
-//! Chunks may split the header and rows anywhere. Consumed bytes are split off the buffer
-//! (zero-copy `Bytes` per field), so each byte is looked at once.
+//! The data arrives in chunks that may split the header, rows and fields anywhere. The
+//! decoder keeps the unread bytes in one buffer and splits consumed bytes off its front
+//! (each field becomes a zero-copy [`Bytes`]), and it keeps the fields of a partly received
+//! row in its state, so every byte is examined once however the input is chunked.
+//!
+//! Layout (PostgreSQL manual, "COPY", binary format): the 11-byte signature
+//! `PGCOPY\n\xff\r\n\0`, an Int32 flags field, an Int32 header extension length and that many
+//! bytes; then tuples, each an Int16 field count followed by, per field, an Int32 length
+//! (−1 for NULL) and that many bytes; then the trailer, a field count of −1.
 
 use bytes::{Buf, Bytes, BytesMut};
 
 use crate::decode::DecodeError;
 
+/// The binary COPY signature.
 const SIGNATURE: &[u8; 11] = b"PGCOPY\n\xff\r\n\0";
+/// Signature, flags and header extension length.
+const FIXED_HEADER: usize = 11 + 4 + 4;
+/// Flag bits 16–31 mark critical format changes a reader must understand (bit 16: OIDs
+/// included); zc knows none of them.
+const CRITICAL_FLAGS: u32 = 0xFFFF_0000;
 
-/// Incremental binary COPY decoder.
+/// Where the decoder is in the COPY stream.
+#[derive(Debug, Default)]
+enum State {
+    /// Waiting for (the rest of) the file header.
+    #[default]
+    Header,
+    /// At the start of a tuple (or the trailer).
+    TupleStart,
+    /// Inside a tuple: the fields read so far and how many remain.
+    Fields {
+        fields: Vec<Option<Bytes>>,
+        remaining: usize,
+    },
+    /// The trailer was read.
+    Done,
+}
+
+/// Incremental decoder of binary COPY data: [`push`](Self::push) chunks as they arrive,
+/// take rows with [`next_row`](Self::next_row), and call [`finish`](Self::finish) at the end.
 #[derive(Debug, Default)]
 pub struct CopyBinaryDecoder {
+    /// Bytes received and not consumed yet.
     buf: BytesMut,
-    header_done: bool,
-    done: bool,
-    /// Bytes consumed so far, for error offsets.
+    state: State,
+    /// Bytes consumed before the start of `buf`, for error offsets.
     consumed: usize,
 }
 
 impl CopyBinaryDecoder {
-    /// A decoder expecting the header.
+    /// A decoder expecting the COPY header.
     pub fn new() -> Self {
         Self::default()
     }
 
-    /// Appends a chunk of COPY data.
+    /// Appends a chunk of COPY data (chunks may split the header and rows anywhere).
     pub fn push(&mut self, chunk: &[u8]) {
         self.buf.extend_from_slice(chunk);
     }
 
     /// True once the trailer was read.
     pub fn is_done(&self) -> bool {
-        self.done
+        matches!(self.state, State::Done)
+    }
+
+    /// The next complete row: one entry per field, `None` for NULL.
+    ///
+    /// `Ok(None)` when more bytes are needed, or once the trailer was read. Malformed data
+    /// (a bad signature, unknown critical flags, negative lengths other than −1, bytes after
+    /// the trailer) is an error.
+    pub fn next_row(&mut self) -> Result<Option<Vec<Option<Bytes>>>, DecodeError> {
+        loop {
+            match self.state {
+                State::Header => {
+                    if !self.read_header()? {
+                        return Ok(None);
+                    }
+                }
+                State::TupleStart => {
+                    let Some(count) = self.peek_array::<2>().map(i16::from_be_bytes) else {
+                        return Ok(None);
+                    };
+                    if count == -1 {
+                        self.advance(2);
+                        self.state = State::Done;
+                        continue;
+                    }
+                    let Ok(count) = usize::try_from(count) else {
+                        return Err(self.err(0, format!("invalid field count {count}")));
+                    };
+                    self.advance(2);
+                    // Each field takes at least its 4-byte length: reserve no more than the
+                    // bytes at hand can hold.
+                    let capacity = count.min(self.buf.len() / 4);
+                    self.state = State::Fields {
+                        fields: Vec::with_capacity(capacity),
+                        remaining: count,
+                    };
+                }
+                State::Fields { .. } => return self.read_fields(),
+                State::Done => {
+                    if !self.buf.is_empty() {
+                        return Err(self.err(0, "data after the binary copy trailer"));
+                    }
+                    return Ok(None);
+                }
+            }
+        }
+    }
+
+    /// At the end of the data: `Ok` only when the header and the trailer were read and no
+    /// bytes remain.
+    pub fn finish(&self) -> Result<(), DecodeError> {
+        match self.state {
+            State::Header => Err(self.err(0, "binary copy data ended before its header")),
+            State::TupleStart | State::Fields { .. } => {
+                Err(self.err(self.buf.len(), "binary copy data ended before its trailer"))
+            }
+            State::Done if !self.buf.is_empty() => {
+                Err(self.err(0, "data after the binary copy trailer"))
+            }
+            State::Done => Ok(()),
+        }
     }
 
     fn err(&self, at: usize, reason: impl Into<String>) -> DecodeError {
         DecodeError {
-            offset: self.consumed + at,
+            offset: self.consumed.saturating_add(at),
             tag: None,
             reason: reason.into(),
         }
     }
 
-    fn be_i32(&self, at: usize) -> Option<i32> {
-        let b = self.buf.get(at..at + 4)?;
-        Some(i32::from_be_bytes([b[0], b[1], b[2], b[3]]))
+    /// Drops `n` buffered bytes (which must be there).
+    fn advance(&mut self, n: usize) {
+        let n = n.min(self.buf.len());
+        self.buf.advance(n);
+        self.consumed = self.consumed.saturating_add(n);
     }
 
-    /// The next complete row (`None` per field for NULL); `Ok(None)` when more bytes are
-    /// needed or the trailer was seen.
-    pub fn next_row(&mut self) -> Result<Option<Vec<Option<Bytes>>>, DecodeError> {
-        if self.done {
-            if !self.buf.is_empty() {
-                return Err(self.err(0, "data after the COPY trailer"));
-            }
-            return Ok(None);
+    /// The first `N` buffered bytes, if there are that many.
+    fn peek_array<const N: usize>(&self) -> Option<[u8; N]> {
+        self.peek_array_at(0)
+    }
+
+    fn peek_array_at<const N: usize>(&self, at: usize) -> Option<[u8; N]> {
+        let end = at.checked_add(N)?;
+        self.buf
+            .get(at..end)
+            .and_then(|b| <[u8; N]>::try_from(b).ok())
+    }
+
+    /// Reads the file header; false when more bytes are needed.
+    fn read_header(&mut self) -> Result<bool, DecodeError> {
+        let seen = self.buf.len().min(SIGNATURE.len());
+        if self.buf.get(..seen) != SIGNATURE.get(..seen) {
+            return Err(self.err(0, "not binary copy data: bad signature"));
         }
-        if !self.header_done {
-            if self.buf.len() < 19 {
-                if !SIGNATURE.starts_with(&self.buf[..self.buf.len().min(11)]) {
-                    return Err(self.err(0, "not a binary COPY signature"));
-                }
-                return Ok(None);
-            }
-            if &self.buf[..11] != SIGNATURE {
-                return Err(self.err(0, "not a binary COPY signature"));
-            }
-            let ext = self.be_i32(15).unwrap_or(0);
-            let ext = usize::try_from(ext)
-                .map_err(|_| self.err(15, "negative header extension length"))?;
-            let total = 19usize
-                .checked_add(ext)
-                .ok_or_else(|| self.err(15, "header too long"))?;
-            if self.buf.len() < total {
-                return Ok(None);
-            }
-            self.buf.advance(total);
-            self.consumed += total;
-            self.header_done = true;
-        }
-        // First pass: is a whole row buffered? (only lengths are read)
-        let Some(count) = self.buf.get(..2).map(|b| i16::from_be_bytes([b[0], b[1]])) else {
-            return Ok(None);
+        let (Some(flags), Some(ext)) = (
+            self.peek_array_at::<4>(11).map(u32::from_be_bytes),
+            self.peek_array_at::<4>(15).map(i32::from_be_bytes),
+        ) else {
+            return Ok(false);
         };
-        if count == -1 {
-            self.buf.advance(2);
-            self.consumed += 2;
-            self.done = true;
-            if !self.buf.is_empty() {
-                return Err(self.err(0, "data after the COPY trailer"));
-            }
-            return Ok(None);
+        if flags & CRITICAL_FLAGS != 0 {
+            return Err(self.err(11, format!("unsupported binary copy flags 0x{flags:08x}")));
         }
-        let count =
-            usize::try_from(count).map_err(|_| self.err(0, format!("bad field count {count}")))?;
-        let mut at = 2usize;
-        for _ in 0..count {
-            let Some(len) = self.be_i32(at) else {
+        let Ok(ext) = usize::try_from(ext) else {
+            return Err(self.err(15, format!("negative header extension length {ext}")));
+        };
+        let Some(total) = FIXED_HEADER.checked_add(ext) else {
+            return Err(self.err(15, "header extension too long"));
+        };
+        if self.buf.len() < total {
+            return Ok(false);
+        }
+        self.advance(total);
+        self.state = State::TupleStart;
+        Ok(true)
+    }
+
+    /// Reads the fields of the current tuple that are buffered; returns the row once all
+    /// are there.
+    fn read_fields(&mut self) -> Result<Option<Vec<Option<Bytes>>>, DecodeError> {
+        loop {
+            let State::Fields { remaining, .. } = &self.state else {
                 return Ok(None);
             };
-            at += 4;
-            if len == -1 {
-                continue;
+            if *remaining == 0 {
+                let State::Fields { fields, .. } =
+                    std::mem::replace(&mut self.state, State::TupleStart)
+                else {
+                    return Ok(None);
+                };
+                return Ok(Some(fields));
             }
-            let len = usize::try_from(len)
-                .map_err(|_| self.err(at - 4, format!("bad field length {len}")))?;
-            at = at
-                .checked_add(len)
-                .ok_or_else(|| self.err(at, "field too long"))?;
-            if at > self.buf.len() {
+            let Some(len) = self.peek_array::<4>().map(i32::from_be_bytes) else {
                 return Ok(None);
-            }
-        }
-        // Second pass: split the row off.
-        let mut row = self.buf.split_to(at).freeze();
-        self.consumed += at;
-        row.advance(2);
-        let mut fields = Vec::with_capacity(count);
-        for _ in 0..count {
-            let len = row.get_i32();
-            if len == -1 {
-                fields.push(None);
+            };
+            let field = if len == -1 {
+                self.advance(4);
+                None
             } else {
-                fields.push(Some(row.split_to(len as usize)));
+                let Ok(n) = usize::try_from(len) else {
+                    return Err(self.err(0, format!("invalid field length {len}")));
+                };
+                let Some(total) = n.checked_add(4) else {
+                    return Err(self.err(0, "field too long"));
+                };
+                if self.buf.len() < total {
+                    return Ok(None);
+                }
+                self.advance(4);
+                let data = self.buf.split_to(n).freeze();
+                self.consumed = self.consumed.saturating_add(n);
+                Some(data)
+            };
+            if let State::Fields { fields, remaining } = &mut self.state {
+                fields.push(field);
+                *remaining = remaining.saturating_sub(1);
             }
         }
-        Ok(Some(fields))
-    }
-
-    /// At end of data: `Ok` only when the header and the trailer were seen and nothing remains.
-    pub fn finish(&self) -> Result<(), DecodeError> {
-        if !self.header_done {
-            return Err(self.err(0, "COPY data ended before its header"));
-        }
-        if !self.done {
-            return Err(self.err(0, "COPY data ended before its trailer"));
-        }
-        if !self.buf.is_empty() {
-            return Err(self.err(0, "data after the COPY trailer"));
-        }
-        Ok(())
     }
 }
 
@@ -150,17 +232,25 @@ mod tests {
 
     use super::*;
 
-    fn encode(rows: &[Vec<Option<Vec<u8>>>]) -> Vec<u8> {
+    type Rows = Vec<Vec<Option<Vec<u8>>>>;
+
+    fn header(flags: u32, ext: &[u8]) -> Vec<u8> {
         let mut out = SIGNATURE.to_vec();
-        out.extend_from_slice(&0i32.to_be_bytes());
-        out.extend_from_slice(&0i32.to_be_bytes());
+        out.extend_from_slice(&flags.to_be_bytes());
+        out.extend_from_slice(&i32::try_from(ext.len()).unwrap().to_be_bytes());
+        out.extend_from_slice(ext);
+        out
+    }
+
+    fn encode_with(ext: &[u8], rows: &[Vec<Option<Vec<u8>>>]) -> Vec<u8> {
+        let mut out = header(0, ext);
         for r in rows {
-            out.extend_from_slice(&(r.len() as i16).to_be_bytes());
+            out.extend_from_slice(&i16::try_from(r.len()).unwrap().to_be_bytes());
             for f in r {
                 match f {
                     None => out.extend_from_slice(&(-1i32).to_be_bytes()),
                     Some(b) => {
-                        out.extend_from_slice(&(b.len() as i32).to_be_bytes());
+                        out.extend_from_slice(&i32::try_from(b.len()).unwrap().to_be_bytes());
                         out.extend_from_slice(b);
                     }
                 }
@@ -170,13 +260,15 @@ mod tests {
         out
     }
 
-    fn decode_in_chunks(
-        bytes: &[u8],
-        split: usize,
-    ) -> Result<Vec<Vec<Option<Vec<u8>>>>, DecodeError> {
+    fn encode(rows: &[Vec<Option<Vec<u8>>>]) -> Vec<u8> {
+        encode_with(&[], rows)
+    }
+
+    /// Feeds the chunks one by one, draining rows after each, then finishes.
+    fn decode_chunks<'a>(chunks: impl IntoIterator<Item = &'a [u8]>) -> Result<Rows, DecodeError> {
         let mut d = CopyBinaryDecoder::new();
         let mut out = Vec::new();
-        for chunk in bytes.chunks(split.max(1)) {
+        for chunk in chunks {
             d.push(chunk);
             while let Some(row) = d.next_row()? {
                 out.push(row.into_iter().map(|f| f.map(|b| b.to_vec())).collect());
@@ -186,49 +278,172 @@ mod tests {
         Ok(out)
     }
 
-    #[test]
-    fn rows_split_at_every_boundary() {
-        let rows = vec![
+    fn decode_in_chunks(bytes: &[u8], size: usize) -> Result<Rows, DecodeError> {
+        decode_chunks(bytes.chunks(size.max(1)))
+    }
+
+    fn sample() -> Rows {
+        vec![
             vec![Some(b"abc".to_vec()), None, Some(vec![])],
             vec![Some(vec![0, 1, 2, 3]), Some(b"x".to_vec()), None],
-        ];
-        let bytes = encode(&rows);
-        for split in 1..=bytes.len() {
-            assert_eq!(
-                decode_in_chunks(&bytes, split).unwrap(),
-                rows,
-                "split {split}"
-            );
-        }
-        assert_eq!(
-            decode_in_chunks(&encode(&[]), 3).unwrap(),
-            Vec::<Vec<Option<Vec<u8>>>>::new()
-        );
+            vec![],
+            vec![None],
+        ]
     }
 
     #[test]
-    fn bad_input_is_an_error() {
-        assert!(decode_in_chunks(b"PGCOPX\n\xff\r\n\0\0\0\0\0\0\0\0\0\xff\xff", 5).is_err());
-        let bytes = encode(&[vec![Some(b"abc".to_vec())]]);
-        assert!(decode_in_chunks(&bytes[..bytes.len() - 1], 4).is_err());
+    fn rows_split_at_every_boundary() {
+        let rows = sample();
+        let bytes = encode_with(b"ext", &rows);
+        assert_eq!(decode_chunks([bytes.as_slice()]).unwrap(), rows);
+        for cut in 0..=bytes.len() {
+            let (a, b) = bytes.split_at(cut);
+            assert_eq!(decode_chunks([a, b]).unwrap(), rows, "cut at {cut}");
+        }
+        for size in 1..=bytes.len() {
+            assert_eq!(decode_in_chunks(&bytes, size).unwrap(), rows, "size {size}");
+        }
+    }
+
+    #[test]
+    fn fields_are_zero_copy_slices() {
+        let bytes = encode(&[vec![Some(b"hello".to_vec())]]);
+        let mut d = CopyBinaryDecoder::new();
+        d.push(&bytes);
+        let row = d.next_row().unwrap().unwrap();
+        assert_eq!(row, vec![Some(Bytes::from_static(b"hello"))]);
+        assert_eq!(d.next_row().unwrap(), None);
+        assert!(d.is_done());
+        d.finish().unwrap();
+    }
+
+    #[test]
+    fn empty_table() {
+        let bytes = encode(&[]);
+        assert_eq!(bytes.len(), 21);
+        let mut d = CopyBinaryDecoder::new();
+        d.push(&bytes);
+        assert!(!d.is_done());
+        assert_eq!(d.next_row().unwrap(), None);
+        assert!(d.is_done());
+        d.finish().unwrap();
+        assert_eq!(d.next_row().unwrap(), None);
+    }
+
+    #[test]
+    fn bad_signature_fails_early() {
+        let mut d = CopyBinaryDecoder::new();
+        d.push(b"PGCOPY\n");
+        assert_eq!(d.next_row().unwrap(), None);
+        d.push(b"X");
+        let err = d.next_row().unwrap_err();
+        assert_eq!(err.offset, 0);
+        assert!(err.reason.contains("signature"), "{err}");
+        // Text COPY output is not binary.
+        assert!(decode_in_chunks(b"1\tabc\n", 3).is_err());
+    }
+
+    #[test]
+    fn bad_headers_are_errors() {
+        // OIDs included (bit 16).
+        let mut bytes = header(1 << 16, &[]);
+        bytes.extend_from_slice(&(-1i16).to_be_bytes());
+        let err = decode_in_chunks(&bytes, 64).unwrap_err();
+        assert!(err.reason.contains("flags"), "{err}");
+        // Non-critical flag bits are ignored.
+        let mut bytes = header(1, &[]);
+        bytes.extend_from_slice(&(-1i16).to_be_bytes());
+        assert_eq!(decode_in_chunks(&bytes, 64).unwrap(), Rows::new());
+        // Negative header extension length.
+        let mut bytes = SIGNATURE.to_vec();
+        bytes.extend_from_slice(&0u32.to_be_bytes());
+        bytes.extend_from_slice(&(-4i32).to_be_bytes());
+        assert!(decode_in_chunks(&bytes, 64).is_err());
+    }
+
+    #[test]
+    fn bad_tuples_are_errors() {
+        let mut bytes = header(0, &[]);
+        bytes.extend_from_slice(&(-2i16).to_be_bytes());
+        let err = decode_in_chunks(&bytes, 64).unwrap_err();
+        assert_eq!(err.offset, 19);
+        assert!(err.reason.contains("field count -2"), "{err}");
+
+        let mut bytes = header(0, &[]);
+        bytes.extend_from_slice(&1i16.to_be_bytes());
+        bytes.extend_from_slice(&(-7i32).to_be_bytes());
+        let err = decode_in_chunks(&bytes, 64).unwrap_err();
+        assert_eq!(err.offset, 21);
+        assert!(err.reason.contains("field length -7"), "{err}");
+    }
+
+    #[test]
+    fn huge_counts_do_not_allocate() {
+        // 32767 fields announced, 2 GiB field announced: both just wait for more bytes.
+        let mut bytes = header(0, &[]);
+        bytes.extend_from_slice(&i16::MAX.to_be_bytes());
+        bytes.extend_from_slice(&i32::MAX.to_be_bytes());
+        let mut d = CopyBinaryDecoder::new();
+        d.push(&bytes);
+        assert_eq!(d.next_row().unwrap(), None);
+        assert!(d.finish().is_err());
+    }
+
+    #[test]
+    fn truncated_or_extended_input_fails_at_finish() {
+        let bytes = encode(&sample());
+        for cut in 0..bytes.len() {
+            assert!(decode_in_chunks(&bytes[..cut], 7).is_err(), "cut at {cut}");
+        }
         let mut extra = bytes.clone();
-        extra.push(1);
-        assert!(decode_in_chunks(&extra, 4).is_err());
+        extra.push(0);
+        let err = decode_in_chunks(&extra, 4).unwrap_err();
+        assert!(
+            err.reason.contains("after the binary copy trailer"),
+            "{err}"
+        );
+        // Data pushed after the trailer was already read.
+        let mut d = CopyBinaryDecoder::new();
+        d.push(&bytes);
+        while d.next_row().unwrap().is_some() {}
+        assert!(d.is_done());
+        d.push(b"x");
+        assert!(d.next_row().is_err());
+        assert!(d.finish().is_err());
+    }
+
+    fn rows() -> impl Strategy<Value = Rows> {
+        let field = proptest::option::of(proptest::collection::vec(any::<u8>(), 0..8));
+        proptest::collection::vec(proptest::collection::vec(field, 0..4), 0..6)
     }
 
     proptest! {
         #[test]
-        fn round_trips(rows in proptest::collection::vec(proptest::collection::vec(proptest::option::of(proptest::collection::vec(any::<u8>(), 0..8)), 0..4), 0..6), split in 1usize..40) {
-            let bytes = encode(&rows);
-            prop_assert_eq!(decode_in_chunks(&bytes, split).unwrap(), rows);
+        fn round_trips(rows in rows(), ext in proptest::collection::vec(any::<u8>(), 0..4), size in 1usize..40) {
+            let bytes = encode_with(&ext, &rows);
+            prop_assert_eq!(decode_in_chunks(&bytes, size).unwrap(), rows);
         }
 
         #[test]
-        fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..80), split in 1usize..20) {
-            let mut input = SIGNATURE.to_vec();
+        fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..96), size in 1usize..20) {
+            let _ = decode_in_chunks(&bytes, size);
+            let mut input = header(0, &[]);
             input.extend_from_slice(&bytes);
-            let _ = decode_in_chunks(&input, split);
-            let _ = decode_in_chunks(&bytes, split);
+            let _ = decode_in_chunks(&input, size);
+        }
+
+        #[test]
+        fn mutated_input_never_panics(
+            rows in rows(),
+            flips in proptest::collection::vec((any::<prop::sample::Index>(), any::<u8>()), 1..4),
+            size in 1usize..20,
+        ) {
+            let mut bytes = encode(&rows);
+            for (at, x) in flips {
+                let i = at.index(bytes.len());
+                bytes[i] ^= x;
+            }
+            let _ = decode_in_chunks(&bytes, size);
         }
     }
 }
