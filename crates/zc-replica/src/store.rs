@@ -145,7 +145,7 @@ pub struct Replica {
 struct Inner {
     db: Database,
     path: PathBuf,
-    write_lock: Mutex<()>,
+    write_lock: Arc<Mutex<()>>,
     version_tx: watch::Sender<Lsn>,
 }
 
@@ -170,7 +170,7 @@ impl Replica {
             inner: Arc::new(Inner {
                 db,
                 path,
-                write_lock: Mutex::new(()),
+                write_lock: Arc::new(Mutex::new(())),
                 version_tx: watch::channel(Lsn::ZERO).0,
             }),
         };
@@ -206,11 +206,17 @@ impl Replica {
         T: Send + 'static,
         F: FnOnce(&Database) -> Result<T> + Send + 'static,
     {
-        let _guard = self.inner.write_lock.lock().await;
+        // The guard moves into the blocking task: if this future is dropped, the lock is held
+        // until the write itself has finished, so writes never overlap.
+        let guard = Arc::clone(&self.inner.write_lock).lock_owned().await;
         let inner = Arc::clone(&self.inner);
-        tokio::task::spawn_blocking(move || f(&inner.db))
-            .await
-            .map_err(Error::Writer)?
+        tokio::task::spawn_blocking(move || {
+            let result = f(&inner.db);
+            drop(guard);
+            result
+        })
+        .await
+        .map_err(Error::Writer)?
     }
 
     /// Applies one transaction synchronously (the body of [`Destination::apply`]).
@@ -409,6 +415,20 @@ fn drop_table_data_in(w: &WriteTransaction, area: Area, spec: &TableSpec) -> Res
         ))?;
     }
     Ok(())
+}
+
+fn catalog_specs(w: &WriteTransaction) -> Result<Vec<TableSpec>> {
+    let catalog = w.open_table(CATALOG)?;
+    let mut out = Vec::new();
+    for entry in catalog.iter()? {
+        let (k, v) = entry?;
+        let spec: TableSpec = serde_json::from_str(v.value()).map_err(|source| Error::Catalog {
+            table: k.value().to_owned(),
+            source,
+        })?;
+        out.push(spec);
+    }
+    Ok(out)
 }
 
 fn staged_spec(w: &WriteTransaction) -> Result<Option<TableSpec>> {
@@ -669,6 +689,15 @@ impl Destination for Replica {
                 let version = mark.commit_lsn.as_u64() + 1;
                 if let Ok(old) = load_spec(&w, &spec.name) {
                     drop_table_data(&w, &old)?;
+                }
+                // The same table under an older name (it was renamed) goes too.
+                for other in catalog_specs(&w)? {
+                    if other.oid == spec.oid && other.name != spec.name {
+                        drop_table_data(&w, &other)?;
+                        w.open_table(CATALOG)?
+                            .remove(other.name.to_string().as_str())?;
+                        log_change(&w, version, &other.name, &[], ChangeOp::Reset)?;
+                    }
                 }
                 let name = spec.name.to_string();
                 w.rename_table(

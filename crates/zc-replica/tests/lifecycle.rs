@@ -198,6 +198,13 @@ async fn schema_changes_are_replicated() {
     assert_eq!(a.columns.len(), 3);
     assert!(a.copied_at > version_before);
 
+    // A renamed table: its rows move to the new name (the stream alone could not know them).
+    db.exec("ALTER TABLE a RENAME TO a2; UPDATE a2 SET v = 'renamed' WHERE id = 2;")
+        .await;
+    let n = bump_marker(&db).await;
+    wait_marker(&running, n).await;
+    assert_converged(&db, &running.replica).await;
+
     // A table dropped for good.
     db.exec("CREATE TABLE c (id int PRIMARY KEY); INSERT INTO c VALUES (1);")
         .await;
@@ -334,5 +341,48 @@ async fn keyless_tables_use_a_unique_index_or_are_skipped() {
     assert_eq!(rows, expected);
     assert_eq!(rows.len(), 1);
     drop(snap);
+    running.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_table_added_to_the_publication_is_copied() {
+    init_tracing();
+    let db = TestDb::new().await;
+    db.exec(MARKER_DDL).await;
+    db.exec(
+        "CREATE TABLE x (id int PRIMARY KEY, v text); INSERT INTO x VALUES (1, 'x1');
+         CREATE TABLE y (id int PRIMARY KEY, v text);
+         INSERT INTO y SELECT g, 'y' || g FROM generate_series(1, 50) g;
+         CREATE PUBLICATION app_pub FOR TABLE x, zc_marker;",
+    )
+    .await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cfg = wal_config(&db).with_publications(vec!["app_pub".into()]);
+    let running = Running::start(cfg, &dir.path().join("r.redb"));
+    let n = bump_marker(&db).await;
+    wait_marker(&running, n).await;
+    let y = TableName::new("public", "y");
+    assert!(
+        running.replica.snapshot().expect("snap").table(&y).is_err(),
+        "y is not published yet"
+    );
+
+    // y joins the publication with 50 existing rows; one of them changes afterwards.
+    db.exec("ALTER PUBLICATION app_pub ADD TABLE y; UPDATE y SET v = 'changed' WHERE id = 7;")
+        .await;
+    let n = bump_marker(&db).await;
+    wait_marker(&running, n).await;
+    let spec = running
+        .replica
+        .snapshot()
+        .expect("snap")
+        .table(&y)
+        .expect("y replicated");
+    let expected = crate::support::pg_rows(&db, &spec).await;
+    assert_eq!(expected.len(), 50);
+    assert_eq!(
+        crate::support::replica_rows(&running.replica, &spec),
+        expected
+    );
     running.stop().await;
 }

@@ -141,12 +141,19 @@ impl Error {
 
 fn is_io(e: &(dyn std::error::Error + 'static)) -> bool {
     if let Some(sqlx_err) = e.downcast_ref::<sqlx::Error>() {
-        return matches!(
-            sqlx_err,
-            sqlx::Error::Io(_) | sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed
-        );
+        return match sqlx_err {
+            sqlx::Error::Io(_) | sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed => true,
+            sqlx::Error::Database(db) => db.code().is_some_and(|c| transient_sqlstate(&c)),
+            _ => false,
+        };
     }
     e.source().is_some_and(is_io)
+}
+
+/// SQLSTATEs of a server that is shutting down, restarting, or out of connections: retrying
+/// later may work.
+pub(crate) fn transient_sqlstate(code: &str) -> bool {
+    code.starts_with("08") || matches!(code, "57P01" | "57P02" | "57P03" | "53300" | "55006")
 }
 
 /// Result of zc-wal operations.

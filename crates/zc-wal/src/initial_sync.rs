@@ -16,7 +16,7 @@ use sqlx::{AssertSqlSafe, Connection, Executor};
 use tokio::sync::Mutex;
 use tokio_util::sync::CancellationToken;
 use tracing::info;
-use zc_types::{Row, TableSpec, Value};
+use zc_types::{ColumnSpec, Lsn, Row, TableSpec, TypeKind, Value};
 
 use crate::config::{ConnParts, WalConfig};
 use crate::copy_binary::CopyBinaryDecoder;
@@ -43,6 +43,11 @@ pub(crate) async fn run<D: Destination>(
 ) -> Result<SyncState> {
     let started = Instant::now();
     let mut control = upstream::connect(&cfg.upstream_url).await?;
+    // Forget the old state durably before the old slot goes: if this sync fails or the
+    // process dies, the next start must not resume an old watermark on the new slot.
+    dest.begin_initial_sync(Lsn::ZERO, Vec::new())
+        .await
+        .map_err(|e| Error::Destination(Box::new(e)))?;
     upstream::drop_slot(&mut control, &cfg.slot_name()).await?;
     let before = upstream::published_tables(&mut control, publications, None).await?;
     upstream::ensure_replica_identities(&mut control, &before).await?;
@@ -77,7 +82,10 @@ pub(crate) async fn run<D: Destination>(
         Arc::make_mut(&mut t.spec).copied_at = slot.consistent_point;
     }
     let specs: Vec<Arc<TableSpec>> = tables.iter().map(|t| Arc::clone(&t.spec)).collect();
-    dest.begin_initial_sync(slot.consistent_point, specs)
+    // A commit record starting exactly at the consistent point is streamed and is not in the
+    // snapshot: the copy is "everything before" it, version consistent_point − 1.
+    let copy_version = Lsn(slot.consistent_point.as_u64().saturating_sub(1));
+    dest.begin_initial_sync(copy_version, specs)
         .await
         .map_err(|e| Error::Destination(Box::new(e)))?;
 
@@ -124,7 +132,7 @@ pub(crate) async fn run<D: Destination>(
         publications: publications.to_vec(),
         replica_version: slot.consistent_point,
         watermark: Watermark {
-            commit_lsn: slot.consistent_point,
+            commit_lsn: copy_version,
             ack_lsn: slot.consistent_point,
         },
     };
@@ -145,11 +153,27 @@ pub(crate) async fn run<D: Destination>(
 }
 
 /// The SELECT list of a table's COPY: binary where we can decode the type, text otherwise.
+/// True when a column is copied in binary form: its kind has a binary decoder and its type's
+/// binary form is what that decoder reads (inet, macaddr, pg_lsn… are text-like kinds with
+/// binary forms of their own; oid is unsigned).
+fn copied_as_binary(col: &ColumnSpec) -> bool {
+    let name = col.pg_type.name.as_str();
+    binary_supported(&col.pg_type.kind)
+        && match col.pg_type.kind {
+            TypeKind::Text => {
+                matches!(name, "text" | "name" | "citext" | "\"char\"")
+                    || name.starts_with("character")
+            }
+            TypeKind::Int => matches!(name, "smallint" | "integer" | "bigint"),
+            _ => true,
+        }
+}
+
 fn select_list(spec: &TableSpec) -> String {
     spec.columns
         .iter()
         .map(|c| {
-            if binary_supported(&c.pg_type.kind) {
+            if copied_as_binary(c) {
                 ident(&c.name)
             } else {
                 format!("{}::text", ident(&c.name))
@@ -263,7 +287,7 @@ fn to_row(spec: &TableSpec, fields: Vec<Option<bytes::Bytes>>) -> Result<Row> {
                 return Ok(Value::Null);
             };
             let kind = &col.pg_type.kind;
-            let value = if binary_supported(kind) {
+            let value = if copied_as_binary(col) {
                 decode_binary(kind, &bytes)
             } else {
                 match std::str::from_utf8(&bytes) {
@@ -294,6 +318,10 @@ pub(crate) async fn resync_table<D: Destination>(
 ) -> Result<()> {
     let started = Instant::now();
     let tmp_slot = format!("{}_resync", cfg.slot_name());
+    // A temporary slot of an earlier attempt may still exist while its session lingers.
+    let mut control = upstream::connect(&cfg.upstream_url).await?;
+    upstream::drop_slot(&mut control, &tmp_slot).await?;
+    drop(control);
     let (session, slot) = create_slot(parts, cfg, publications, &tmp_slot, true).await?;
     let mut conn = upstream::connect(&cfg.upstream_url).await?;
     conn.execute("BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY")

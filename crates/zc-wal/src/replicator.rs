@@ -66,7 +66,14 @@ impl<D: Destination> Replicator<D> {
                 Err(Error::TableResyncRequired { table, oid }) => {
                     if let Err(e) = self.resync_table(&table, oid).await {
                         if e.is_transient() {
-                            warn!(error = %e, table = %table, "copying the changed table failed; retrying");
+                            warn!(error = %e, table = %table, retry_in_ms = backoff.as_millis() as u64,
+                                "copying the changed table failed; retrying");
+                            tokio::select! {
+                                biased;
+                                _ = cancel.cancelled() => return Ok(()),
+                                _ = tokio::time::sleep(backoff) => {}
+                            }
+                            backoff = (backoff * 2).min(Duration::from_secs(10));
                         } else {
                             error!(error = %e, table = %table, "REPLICA RESET: could not copy the changed table; resyncing everything");
                             if let Err(e) = self.reset().await {
@@ -130,10 +137,20 @@ impl<D: Destination> Replicator<D> {
             .await
             .map_err(|e| Error::Destination(Box::new(e)))?;
         for t in have {
-            if !published.iter().any(|p| p.spec.oid == t.oid) {
-                return Err(Error::ResyncRequired {
-                    reason: format!("table {} is no longer published upstream", t.name),
-                });
+            match published.iter().find(|p| p.spec.oid == t.oid) {
+                None => {
+                    return Err(Error::ResyncRequired {
+                        reason: format!("table {} is no longer published upstream", t.name),
+                    });
+                }
+                // Renamed while zc was down: copy it under its new name.
+                Some(p) if p.spec.name != t.name => {
+                    return Err(Error::TableResyncRequired {
+                        table: p.spec.name.clone(),
+                        oid: t.oid,
+                    });
+                }
+                Some(_) => {}
             }
         }
         Ok(())

@@ -54,9 +54,16 @@ pub(crate) fn repl_err(
     }
 }
 
+/// A server error that retrying may get past: the slot is still held by an earlier session,
+/// or the server is shutting down, restarting or out of connections.
 fn slot_busy(e: &pgwire_replication::PgWireError) -> bool {
     let msg = e.to_string();
-    msg.contains("is active for PID") || msg.contains("55006")
+    msg.contains("is active for PID")
+        || [
+            "55006", "57P01", "57P02", "57P03", "53300", "08006", "08003", "08001",
+        ]
+        .iter()
+        .any(|code| msg.contains(code))
 }
 
 /// Result of `CREATE_REPLICATION_SLOT ... (SNAPSHOT 'export')`.

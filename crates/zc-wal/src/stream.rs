@@ -38,6 +38,8 @@ enum RelState {
     /// Replicated with this schema; `matches` is false when the relation's columns (as the
     /// stream last described them) differ from it.
     Table { spec: Arc<TableSpec>, matches: bool },
+    /// Not held by the destination yet: the first change to apply copies it.
+    NeedsCopy { name: TableName, oid: u32 },
     /// Not replicated (no usable key): its changes are ignored.
     Ignored,
 }
@@ -197,17 +199,26 @@ impl<D: Destination> Streamer<'_, D> {
     /// Tables dropped upstream (announced by the shard's event trigger, inside the dropping
     /// transaction): their rows go in the same transaction.
     fn on_drop(&mut self, content: &[u8]) {
-        let Ok(dropped) = serde_json::from_slice::<Vec<(String, String)>>(content) else {
+        let Ok(dropped) = serde_json::from_slice::<Vec<(String, String, u32)>>(content) else {
             warn!("ignoring a malformed drop announcement");
             return;
         };
-        for (schema, name) in dropped {
+        let commit = self.open.as_ref().map(|o| o.commit_lsn).unwrap_or_default();
+        for (schema, name, oid) in dropped {
             let name = TableName::new(schema, name);
-            if let Some(spec) = self.known.remove(&name) {
-                info!(table = %name, "table dropped upstream");
-                self.relations.remove(&spec.oid);
-                self.push(Change::DropTable(name));
-            }
+            // Only the table with that OID, and only if no later copy of it already
+            // reflects this transaction.
+            let Some(spec) = self
+                .known
+                .get(&name)
+                .filter(|s| s.oid == oid && commit >= s.copied_at)
+            else {
+                continue;
+            };
+            info!(table = %name, "table dropped upstream");
+            self.relations.remove(&spec.oid);
+            self.known.remove(&name);
+            self.push(Change::DropTable(name));
         }
     }
 
@@ -235,6 +246,16 @@ impl<D: Destination> Streamer<'_, D> {
                     })
                 } else {
                     Ok(Some(Arc::clone(spec)))
+                }
+            }
+            Some(RelState::NeedsCopy { name, oid }) => {
+                if open.skip {
+                    Ok(None)
+                } else {
+                    Err(Error::TableResyncRequired {
+                        table: name.clone(),
+                        oid: *oid,
+                    })
                 }
             }
             Some(RelState::Ignored) => Ok(None),
@@ -358,48 +379,32 @@ impl<D: Destination> Streamer<'_, D> {
             self.relations.insert(rel.id, state);
             return Ok(());
         }
-        // A table that appeared after the initial sync: take its schema from the catalog if
-        // that still matches the stream, else from the Relation message itself.
+        // A relation zc does not hold under this name and OID: a table created, renamed,
+        // recreated or added to a publication since it was last copied. The stream cannot carry
+        // all its rows (a renamed or newly published table has rows no change will mention),
+        // so it is copied at a snapshot, like a table whose columns changed. Tables without a
+        // usable key are not replicated.
         let mut conn = upstream::connect(&self.cfg.upstream_url).await?;
-        let from_catalog =
-            upstream::published_tables(&mut conn, &self.publications, Some(&[rel.id]))
-                .await?
-                .into_iter()
-                .next()
-                .map(|c| c.spec)
-                .filter(|s| same_columns(s, &rel));
-        let spec = match from_catalog {
-            Some(spec) => Some(spec),
-            None => spec_from_relation(&mut conn, &name, &rel).await?,
-        };
-        match spec {
-            Some(spec) => {
-                info!(table = %name, "replicating a new table");
-                self.known.insert(name, Arc::clone(&spec));
-                self.relations.insert(
-                    rel.id,
-                    RelState::Table {
-                        spec: Arc::clone(&spec),
-                        matches: true,
-                    },
-                );
-                // The table is (re)created within this transaction, before its first change.
-                if let Some(open) = self.open.as_mut().filter(|o| !o.skip) {
-                    open.changes.push(Change::CreateTable(spec));
-                }
-            }
-            None => {
-                warn!(table = %name, "table has no usable key: its changes are not replicated");
-                self.relations.insert(rel.id, RelState::Ignored);
-            }
+        let usable = !upstream::published_tables(&mut conn, &self.publications, Some(&[rel.id]))
+            .await?
+            .is_empty();
+        if usable {
+            info!(table = %name, "a table to copy appeared in the stream");
+            self.relations
+                .insert(rel.id, RelState::NeedsCopy { name, oid: rel.id });
+        } else {
+            warn!(table = %name, "table has no usable key: its changes are not replicated");
+            self.relations.insert(rel.id, RelState::Ignored);
         }
         Ok(())
     }
 }
 
 fn same_columns(spec: &TableSpec, rel: &Relation) -> bool {
-    // With the default or an index replica identity, the key columns must still be the key.
-    let key_ok = !matches!(rel.replica_identity, b'd' | b'i')
+    // With the default replica identity (the primary key), a changed key is a schema change.
+    // Other identities (an index, FULL) need not match the key zc chose.
+    let key_ok = rel.replica_identity != b'd'
+        || !rel.columns.iter().any(|c| c.is_key())
         || rel
             .columns
             .iter()
@@ -412,46 +417,6 @@ fn same_columns(spec: &TableSpec, rel: &Relation) -> bool {
             .iter()
             .zip(&rel.columns)
             .all(|(c, r)| c.name == r.name && c.pg_type.oid == r.type_oid)
-}
-
-async fn spec_from_relation(
-    conn: &mut sqlx::PgConnection,
-    name: &TableName,
-    rel: &Relation,
-) -> Result<Option<Arc<TableSpec>>> {
-    let oids: Vec<u32> = rel.columns.iter().map(|c| c.type_oid).collect();
-    let types = upstream::resolve_types(conn, &oids).await?;
-    let key: Vec<usize> = rel
-        .columns
-        .iter()
-        .enumerate()
-        .filter(|(_, c)| c.is_key())
-        .map(|(i, _)| i)
-        .collect();
-    if key.is_empty() {
-        return Ok(None);
-    }
-    let columns = rel
-        .columns
-        .iter()
-        .map(|c| zc_types::ColumnSpec {
-            name: c.name.clone(),
-            pg_type: types.get(&c.type_oid).cloned().unwrap_or(zc_types::PgType {
-                oid: c.type_oid,
-                name: format!("oid {}", c.type_oid),
-                kind: zc_types::TypeKind::Unsupported,
-            }),
-            not_null: c.is_key(),
-        })
-        .collect();
-    Ok(Some(Arc::new(TableSpec {
-        name: name.clone(),
-        oid: rel.id,
-        columns,
-        key,
-        indexes: Vec::new(),
-        copied_at: Lsn::ZERO,
-    })))
 }
 
 fn value_of(spec: &TableSpec, i: usize, v: &TupleValue) -> Result<Option<Value>> {

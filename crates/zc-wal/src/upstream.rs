@@ -175,7 +175,7 @@ pub(crate) async fn ensure_shard(conn: &mut PgConnection, cfg: &WalConfig) -> Re
         CREATE OR REPLACE FUNCTION {shard}.zc_announce_drops() RETURNS event_trigger AS $$
         DECLARE dropped json;
         BEGIN
-          SELECT json_agg(json_build_array(schema_name, object_name)) INTO dropped
+          SELECT json_agg(json_build_array(schema_name, object_name, objid::int8)) INTO dropped
             FROM pg_event_trigger_dropped_objects()
             WHERE object_type = 'table' AND NOT is_temporary;
           IF dropped IS NOT NULL THEN
