@@ -87,8 +87,8 @@ impl ChangeOp {
 pub struct ChangeLogEntry {
     /// The version (commit LSN) of the change.
     pub version: Lsn,
-    /// The table, as `schema.name`.
-    pub table: String,
+    /// The table.
+    pub table: TableName,
     /// The row's key values (in key order); `None` for table-wide ops.
     pub key: Option<Vec<Value>>,
     /// What happened.
@@ -100,6 +100,18 @@ struct StoredState {
     slot: String,
     publications: Vec<String>,
     replica_version: u64,
+}
+
+/// The replica's key for a table: schema and name joined by the unit separator (U+001F),
+/// which table names practically never contain, so that `"a.b"."c"` and `"a"."b.c"` do
+/// not collide.
+fn storage_key(t: &TableName) -> String {
+    format!("{}\u{1f}{}", t.schema, t.name)
+}
+
+fn table_from_key(key: &str) -> Option<TableName> {
+    let (schema, name) = key.split_once('\u{1f}')?;
+    Some(TableName::new(schema, name))
 }
 
 fn rows_table(name: &str) -> String {
@@ -245,7 +257,7 @@ impl Replica {
 
 fn load_spec(w: &WriteTransaction, table: &TableName) -> Result<Arc<TableSpec>> {
     let catalog = w.open_table(CATALOG)?;
-    let key = table.to_string();
+    let key = storage_key(table);
     let entry = catalog
         .get(key.as_str())?
         .ok_or_else(|| Error::UnknownTable(table.clone()))?;
@@ -343,7 +355,7 @@ fn put_row_in(
     row: &[Value],
 ) -> Result<Vec<u8>> {
     let pk = row_key(spec, row)?;
-    let name = spec.name.to_string();
+    let name = storage_key(&spec.name);
     let previous = {
         let mut rows = w.open_table(TableDefinition::<&[u8], &[u8]>::new(&area.rows(&name)))?;
         let prev = rows.insert(pk.as_slice(), encode_stored_row(version, row).as_slice())?;
@@ -378,7 +390,7 @@ fn remove_index_entries_in(
     row: &[Value],
     pk: &[u8],
 ) -> Result<()> {
-    let name = spec.name.to_string();
+    let name = storage_key(&spec.name);
     for index in &spec.indexes {
         let mut t = w.open_table(TableDefinition::<&[u8], ()>::new(
             &area.index(&name, &index.name),
@@ -390,7 +402,7 @@ fn remove_index_entries_in(
 
 /// Removes a row by encoded key; returns the removed row.
 fn delete_row(w: &WriteTransaction, spec: &TableSpec, pk: &[u8]) -> Result<Option<Row>> {
-    let name = spec.name.to_string();
+    let name = storage_key(&spec.name);
     let removed = {
         let mut rows = w.open_table(TableDefinition::<&[u8], &[u8]>::new(&rows_table(&name)))?;
         let r = rows.remove(pk)?;
@@ -407,7 +419,7 @@ fn drop_table_data(w: &WriteTransaction, spec: &TableSpec) -> Result<()> {
 }
 
 fn drop_table_data_in(w: &WriteTransaction, area: Area, spec: &TableSpec) -> Result<()> {
-    let name = spec.name.to_string();
+    let name = storage_key(&spec.name);
     w.delete_table(TableDefinition::<&[u8], &[u8]>::new(&area.rows(&name)))?;
     for index in &spec.indexes {
         w.delete_table(TableDefinition::<&[u8], ()>::new(
@@ -444,7 +456,7 @@ fn staged_spec(w: &WriteTransaction) -> Result<Option<TableSpec>> {
 }
 
 fn create_table_data(w: &WriteTransaction, spec: &TableSpec) -> Result<()> {
-    let name = spec.name.to_string();
+    let name = storage_key(&spec.name);
     w.open_table(TableDefinition::<&[u8], &[u8]>::new(&rows_table(&name)))?;
     for index in &spec.indexes {
         w.open_table(TableDefinition::<&[u8], ()>::new(&index_table(
@@ -468,7 +480,7 @@ fn log_change(
     pk: &[u8],
     op: ChangeOp,
 ) -> Result<()> {
-    let mut row_id = table.to_string().into_bytes();
+    let mut row_id = storage_key(table).into_bytes();
     row_id.push(0);
     row_id.extend_from_slice(pk);
     let mut rows = w.open_table(CHANGELOG_ROWS)?;
@@ -551,7 +563,7 @@ fn apply_change(w: &WriteTransaction, version: u64, change: &Change) -> Result<(
         Change::DropTable(name) => {
             if let Ok(old) = load_spec(w, name) {
                 drop_table_data(w, &old)?;
-                w.open_table(CATALOG)?.remove(name.to_string().as_str())?;
+                w.open_table(CATALOG)?.remove(storage_key(name).as_str())?;
                 log_change(w, version, name, &[], ChangeOp::Reset)?;
             }
             Ok(())
@@ -654,7 +666,7 @@ impl Destination for Replica {
                 drop_table_data_in(&w, Area::Staging, &old)?;
             }
             drop_table_data_in(&w, Area::Staging, &spec)?;
-            let name = spec.name.to_string();
+            let name = storage_key(&spec.name);
             w.open_table(TableDefinition::<&[u8], &[u8]>::new(
                 &Area::Staging.rows(&name),
             ))?;
@@ -695,11 +707,11 @@ impl Destination for Replica {
                     if other.oid == spec.oid && other.name != spec.name {
                         drop_table_data(&w, &other)?;
                         w.open_table(CATALOG)?
-                            .remove(other.name.to_string().as_str())?;
+                            .remove(storage_key(&other.name).as_str())?;
                         log_change(&w, version, &other.name, &[], ChangeOp::Reset)?;
                     }
                 }
-                let name = spec.name.to_string();
+                let name = storage_key(&spec.name);
                 w.rename_table(
                     TableDefinition::<&[u8], &[u8]>::new(&Area::Staging.rows(&name)),
                     TableDefinition::<&[u8], &[u8]>::new(&Area::Live.rows(&name)),
@@ -857,7 +869,7 @@ impl Snapshot {
     /// One table's schema.
     pub fn table(&self, name: &TableName) -> Result<TableSpec> {
         let catalog = self.txn.open_table(CATALOG)?;
-        let key = name.to_string();
+        let key = storage_key(name);
         let entry = catalog
             .get(key.as_str())?
             .ok_or_else(|| Error::UnknownTable(name.clone()))?;
@@ -871,7 +883,7 @@ impl Snapshot {
         match self
             .txn
             .open_table(TableDefinition::<&[u8], &[u8]>::new(&rows_table(
-                &name.to_string(),
+                &storage_key(name),
             ))) {
             Ok(t) => Ok(t),
             Err(redb::TableError::TableDoesNotExist(_)) => Err(Error::UnknownTable(name.clone())),
@@ -943,7 +955,7 @@ impl Snapshot {
             }
         }
         let end = key::prefix_end(&start);
-        let name = table.to_string();
+        let name = storage_key(table);
         let entries = self
             .txn
             .open_table(TableDefinition::<&[u8], ()>::new(&index_table(
@@ -995,7 +1007,10 @@ impl Snapshot {
                 .iter()
                 .position(|&b| b == 0)
                 .ok_or(Error::State("changelog"))?;
-            let table = String::from_utf8_lossy(&row_id[..sep]).into_owned();
+            let table = std::str::from_utf8(&row_id[..sep])
+                .ok()
+                .and_then(table_from_key)
+                .ok_or(Error::State("changelog"))?;
             let pk = &row_id[sep + 1..];
             let key = if pk.is_empty() {
                 None

@@ -64,7 +64,15 @@ impl<D: Destination> Replicator<D> {
                 }
                 Err(Error::ResyncRequired { .. }) => return Ok(()),
                 Err(Error::TableResyncRequired { table, oid }) => {
-                    if let Err(e) = self.resync_table(&table, oid).await {
+                    let copied = tokio::select! {
+                        biased;
+                        // Shutdown: an unfinished copy leaves the table as it was; the next
+                        // start copies it again.
+                        _ = cancel.cancelled() => return Ok(()),
+                        // The copy.
+                        r = self.resync_table(&table, oid) => r,
+                    };
+                    if let Err(e) = copied {
                         if e.is_transient() {
                             warn!(error = %e, table = %table, retry_in_ms = backoff.as_millis() as u64,
                                 "copying the changed table failed; retrying");
