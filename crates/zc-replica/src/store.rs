@@ -1028,3 +1028,253 @@ impl Snapshot {
         Ok(out)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use zc_types::{ColumnSpec, IndexSpec, PgType, TypeKind};
+    use zc_wal::SyncState;
+
+    use super::*;
+
+    fn spec() -> TableSpec {
+        let col = |name: &str, kind: TypeKind| ColumnSpec {
+            name: name.into(),
+            pg_type: PgType {
+                oid: 0,
+                name: "x".into(),
+                kind,
+            },
+            not_null: false,
+        };
+        TableSpec {
+            name: TableName::new("public", "t"),
+            oid: 1,
+            columns: vec![
+                col("id", TypeKind::Int),
+                col("v", TypeKind::Text),
+                col("n", TypeKind::Int),
+            ],
+            key: vec![0],
+            indexes: vec![IndexSpec {
+                name: "t_n".into(),
+                columns: vec![(2, true)],
+                unique: false,
+            }],
+            copied_at: Lsn(10),
+        }
+    }
+
+    fn row(id: i64, v: &str, n: i64) -> Row {
+        vec![Value::Int(id), Value::Text(v.into()), Value::Int(n)]
+    }
+
+    fn txn(lsn: u64, changes: Vec<Change>) -> Transaction {
+        Transaction {
+            commit_lsn: Lsn(lsn),
+            end_lsn: Lsn(lsn + 8),
+            commit_time_micros: 0,
+            changes,
+        }
+    }
+
+    fn index_order(r: &Replica) -> Vec<i64> {
+        let t = TableName::new("public", "t");
+        r.snapshot()
+            .unwrap()
+            .scan_index(&t, "t_n", &[])
+            .unwrap()
+            .map(|x| match x.unwrap().0[0] {
+                Value::Int(i) => i,
+                _ => -1,
+            })
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn replica_apply_is_atomic_and_idempotent() {
+        let dir = tempfile::tempdir().unwrap();
+        let r = Replica::open(dir.path().join("r.redb")).unwrap();
+        let t = TableName::new("public", "t");
+        r.begin_initial_sync(Lsn(9), vec![Arc::new(spec())])
+            .await
+            .unwrap();
+        assert!(
+            r.sync_state().await.unwrap().is_none(),
+            "no state while syncing"
+        );
+        r.copy_rows(&t, vec![row(1, "a", 5), row(2, "b", 7)])
+            .await
+            .unwrap();
+        let state = SyncState {
+            slot: "s".into(),
+            publications: vec!["p".into()],
+            replica_version: Lsn(10),
+            watermark: Watermark {
+                commit_lsn: Lsn(9),
+                ack_lsn: Lsn(10),
+            },
+        };
+        r.finish_initial_sync(state.clone()).await.unwrap();
+        assert_eq!(r.sync_state().await.unwrap(), Some(state));
+        assert_eq!(index_order(&r), vec![2, 1], "descending index on n");
+
+        // Insert, update with a key change, partial update (unchanged TOAST), delete.
+        let t1 = txn(
+            20,
+            vec![
+                Change::Insert {
+                    table: t.clone(),
+                    row: row(3, "c", 1),
+                },
+                Change::Update {
+                    table: t.clone(),
+                    old_key: Some(vec![Value::Int(1)]),
+                    new: vec![
+                        Some(Value::Int(10)),
+                        Some(Value::Text("a2".into())),
+                        Some(Value::Int(9)),
+                    ],
+                },
+                Change::Update {
+                    table: t.clone(),
+                    old_key: None,
+                    new: vec![Some(Value::Int(2)), None, Some(Value::Int(0))],
+                },
+            ],
+        );
+        r.apply(t1.clone()).await.unwrap();
+        let snap = r.snapshot().unwrap();
+        assert!(
+            snap.get(&t, &[Value::Int(1)]).unwrap().is_none(),
+            "old key gone"
+        );
+        let (moved, version) = snap.get(&t, &[Value::Int(10)]).unwrap().unwrap();
+        assert_eq!((moved, version), (row(10, "a2", 9), Lsn(20)));
+        assert_eq!(
+            snap.get(&t, &[Value::Int(2)]).unwrap().unwrap().0,
+            row(2, "b", 0),
+            "TOASTed value kept"
+        );
+        assert_eq!(index_order(&r), vec![10, 3, 2]);
+        let log = snap.changes(Lsn(9), Lsn(20)).unwrap();
+        let ops: Vec<(Option<Vec<Value>>, ChangeOp)> =
+            log.iter().map(|e| (e.key.clone(), e.op)).collect();
+        assert_eq!(ops.len(), 4);
+        assert!(ops.contains(&(Some(vec![Value::Int(1)]), ChangeOp::Delete)));
+        assert!(ops.contains(&(Some(vec![Value::Int(10)]), ChangeOp::Set)));
+        drop(snap);
+
+        // The same transaction again, and an older one: nothing changes.
+        r.apply(t1).await.unwrap();
+        r.apply(txn(
+            15,
+            vec![Change::Delete {
+                table: t.clone(),
+                key: vec![Value::Int(10)],
+            }],
+        ))
+        .await
+        .unwrap();
+        assert!(
+            r.snapshot()
+                .unwrap()
+                .get(&t, &[Value::Int(10)])
+                .unwrap()
+                .is_some()
+        );
+        assert_eq!(r.snapshot().unwrap().version().unwrap(), Lsn(20));
+
+        // A failing transaction (a row of the wrong shape) leaves nothing behind.
+        let bad = txn(
+            30,
+            vec![
+                Change::Delete {
+                    table: t.clone(),
+                    key: vec![Value::Int(10)],
+                },
+                Change::Insert {
+                    table: t.clone(),
+                    row: vec![Value::Int(99)],
+                },
+            ],
+        );
+        assert!(r.apply(bad).await.is_err());
+        assert!(
+            r.snapshot()
+                .unwrap()
+                .get(&t, &[Value::Int(10)])
+                .unwrap()
+                .is_some(),
+            "rolled back"
+        );
+        assert_eq!(r.snapshot().unwrap().version().unwrap(), Lsn(20));
+
+        // Truncate empties rows and indexes and logs a table-wide op; the change log keeps
+        // one entry per row (the latest).
+        r.apply(txn(
+            40,
+            vec![Change::Truncate {
+                tables: vec![t.clone()],
+            }],
+        ))
+        .await
+        .unwrap();
+        assert_eq!(r.snapshot().unwrap().row_count(&t).unwrap(), 0);
+        assert!(index_order(&r).is_empty());
+        let log = r.snapshot().unwrap().changes(Lsn(20), Lsn(40)).unwrap();
+        assert_eq!(log.len(), 1);
+        assert_eq!((log[0].key.clone(), log[0].op), (None, ChangeOp::Truncate));
+
+        // Reopening keeps everything.
+        drop(r);
+        let r = Replica::open(dir.path().join("r.redb")).unwrap();
+        assert_eq!(r.snapshot().unwrap().version().unwrap(), Lsn(40));
+        assert_eq!(*r.subscribe().borrow(), Lsn(40));
+    }
+
+    #[tokio::test]
+    async fn table_resync_swaps_in_atomically() {
+        let dir = tempfile::tempdir().unwrap();
+        let r = Replica::open(dir.path().join("r.redb")).unwrap();
+        let t = TableName::new("public", "t");
+        r.begin_initial_sync(Lsn(9), vec![Arc::new(spec())])
+            .await
+            .unwrap();
+        r.copy_rows(&t, vec![row(1, "a", 5)]).await.unwrap();
+        r.finish_initial_sync(SyncState {
+            slot: "s".into(),
+            publications: vec![],
+            replica_version: Lsn(10),
+            watermark: Watermark {
+                commit_lsn: Lsn(9),
+                ack_lsn: Lsn(10),
+            },
+        })
+        .await
+        .unwrap();
+        let mut new_spec = spec();
+        new_spec.copied_at = Lsn(50);
+        r.begin_table_resync(Arc::new(new_spec)).await.unwrap();
+        r.copy_rows(&t, vec![row(7, "x", 1), row(8, "y", 2)])
+            .await
+            .unwrap();
+        // Readers still see the old table until the swap.
+        assert_eq!(r.snapshot().unwrap().row_count(&t).unwrap(), 1);
+        r.finish_table_resync(&t).await.unwrap();
+        let snap = r.snapshot().unwrap();
+        assert_eq!(snap.row_count(&t).unwrap(), 2);
+        assert_eq!(snap.table(&t).unwrap().copied_at, Lsn(50));
+        let mark = snap.watermark().unwrap().unwrap();
+        assert_eq!(
+            mark,
+            Watermark {
+                commit_lsn: Lsn(10),
+                ack_lsn: Lsn(10)
+            },
+            "own version, same ack"
+        );
+        let log = snap.changes(Lsn(9), Lsn(10)).unwrap();
+        assert_eq!((log[0].key.clone(), log[0].op), (None, ChangeOp::Reset));
+        assert_eq!(index_order(&r), vec![8, 7]);
+    }
+}
