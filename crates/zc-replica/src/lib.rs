@@ -26,4 +26,4 @@ pub mod key;
 mod store;
 
 pub use error::{Error, Result};
-pub use store::{ChangeLogEntry, ChangeOp, Replica, RowIter, Snapshot};
+pub use store::{ChangeLogEntry, ChangeOp, DEFAULT_CACHE_BYTES, Replica, RowIter, Snapshot};

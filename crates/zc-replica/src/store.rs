@@ -35,6 +35,9 @@ use zc_wal::{Change, Destination, SyncState, Transaction, Watermark};
 use crate::error::{Error, Result};
 use crate::key;
 
+/// The default page cache of the replica (64 MiB).
+pub const DEFAULT_CACHE_BYTES: usize = 64 << 20;
+
 const META: TableDefinition<&str, &[u8]> = TableDefinition::new("zc_meta");
 const CATALOG: TableDefinition<&str, &str> = TableDefinition::new("zc_catalog");
 /// version (8 bytes, big-endian) ++ table ++ 0x00 ++ encoded key → op.
@@ -173,11 +176,21 @@ impl Replica {
     /// Opens (or creates) the replica file at `path`. Recovery after an unclean shutdown
     /// happens here (redb repairs the file on open).
     pub fn open(path: impl AsRef<Path>) -> Result<Replica> {
+        Self::open_with_cache(path, DEFAULT_CACHE_BYTES)
+    }
+
+    /// Opens the replica with a page cache of at most `cache_bytes`. The cache bounds the
+    /// replica's memory: without a bound, a large initial copy would keep every page it
+    /// wrote in memory.
+    pub fn open_with_cache(path: impl AsRef<Path>, cache_bytes: usize) -> Result<Replica> {
         let path = path.as_ref().to_path_buf();
-        let db = Database::create(&path).map_err(|source| Error::Open {
-            path: path.display().to_string(),
-            source,
-        })?;
+        let db = Database::builder()
+            .set_cache_size(cache_bytes)
+            .create(&path)
+            .map_err(|source| Error::Open {
+                path: path.display().to_string(),
+                source,
+            })?;
         let replica = Replica {
             inner: Arc::new(Inner {
                 db,
