@@ -386,3 +386,48 @@ async fn a_table_added_to_the_publication_is_copied() {
     );
     running.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn changed_publications_cause_a_full_resync() {
+    init_tracing();
+    let db = TestDb::new().await;
+    db.exec(MARKER_DDL).await;
+    db.exec(
+        "CREATE TABLE x (id int PRIMARY KEY); INSERT INTO x VALUES (1);
+         CREATE TABLE y (id int PRIMARY KEY); INSERT INTO y VALUES (2);
+         CREATE PUBLICATION only_x FOR TABLE x, zc_marker;",
+    )
+    .await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("r.redb");
+    let running = Running::start(wal_config(&db), &path);
+    let n = bump_marker(&db).await;
+    wait_marker(&running, n).await;
+    let first = replica_version(&running.replica).await;
+    running.stop().await;
+
+    let running = Running::start(
+        wal_config(&db).with_publications(vec!["only_x".into()]),
+        &path,
+    );
+    let n = bump_marker(&db).await;
+    wait_marker(&running, n).await;
+    assert!(
+        replica_version(&running.replica).await > first,
+        "new publications, new copy"
+    );
+    let names: Vec<String> = running
+        .replica
+        .snapshot()
+        .expect("snap")
+        .tables()
+        .expect("tables")
+        .iter()
+        .map(|t| t.name.to_string())
+        .collect();
+    assert!(
+        names.contains(&"public.x".to_string()) && !names.contains(&"public.y".to_string()),
+        "{names:?}"
+    );
+    running.stop().await;
+}
