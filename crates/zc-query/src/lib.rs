@@ -16,6 +16,7 @@
 
 pub mod compare;
 pub mod filter;
+pub mod pipeline;
 mod source;
 
 pub use source::{MemorySource, Source, SourceError};
