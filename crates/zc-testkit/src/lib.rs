@@ -17,6 +17,8 @@
 //! # }
 //! ```
 
+pub mod oracle;
+
 use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU32, Ordering};
 
