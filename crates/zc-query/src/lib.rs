@@ -18,6 +18,7 @@ pub mod compare;
 pub mod filter;
 pub mod pipeline;
 mod source;
+pub mod tree;
 
 pub use source::{MemorySource, Source, SourceError};
 pub use zc_protocol::ast;
