@@ -7,30 +7,18 @@
 
 use zc_query::pipeline::Pipeline;
 use zc_query::{MemorySource, ast};
-use zc_types::{ColumnSpec, Lsn, PgType, TableName, TableSpec, TypeKind, Value};
+use zc_types::{ColumnSpec, TableName, TableSpec, TypeKind, Value};
 
 fn issue_table() -> MemorySource {
-    let col = |name: &str, kind| ColumnSpec {
-        name: name.into(),
-        pg_type: PgType {
-            oid: 0,
-            name: name.into(),
-            kind,
-        },
-        not_null: false,
-    };
-    let spec = TableSpec {
-        name: TableName::new("public", "issue"),
-        oid: 1,
-        columns: vec![
-            col("id", TypeKind::Text),
-            col("title", TypeKind::Text),
-            col("open", TypeKind::Bool),
+    let spec = TableSpec::new(
+        TableName::new("public", "issue"),
+        vec![
+            ColumnSpec::new("id", TypeKind::Text),
+            ColumnSpec::new("title", TypeKind::Text),
+            ColumnSpec::new("open", TypeKind::Bool),
         ],
-        key: vec![0],
-        indexes: vec![],
-        copied_at: Lsn::ZERO,
-    };
+        vec![0],
+    );
     let mut source = MemorySource::new(spec);
     for (id, title, open) in [
         ("i1", "Crash on start", true),

@@ -7,26 +7,17 @@
 
 use zc_query::pipeline::Pipeline;
 use zc_query::{MemorySource, ast};
-use zc_types::{ColumnSpec, Lsn, PgType, TableName, TableSpec, TypeKind, Value};
+use zc_types::{ColumnSpec, TableName, TableSpec, TypeKind, Value};
 
 fn main() {
-    let col = |name: &str, kind| ColumnSpec {
-        name: name.into(),
-        pg_type: PgType {
-            oid: 0,
-            name: name.into(),
-            kind,
-        },
-        not_null: false,
-    };
-    let spec = TableSpec {
-        name: TableName::new("public", "issue"),
-        oid: 1,
-        columns: vec![col("id", TypeKind::Int), col("modified", TypeKind::Float)],
-        key: vec![0],
-        indexes: vec![],
-        copied_at: Lsn::ZERO,
-    };
+    let spec = TableSpec::new(
+        TableName::new("public", "issue"),
+        vec![
+            ColumnSpec::new("id", TypeKind::Int),
+            ColumnSpec::new("modified", TypeKind::Float),
+        ],
+        vec![0],
+    );
     let mut source = MemorySource::new(spec);
     for id in 1..=10 {
         source

@@ -7,26 +7,17 @@
 
 use zc_query::pipeline::{Pipeline, RowChange};
 use zc_query::{MemorySource, ast};
-use zc_types::{ColumnSpec, Lsn, PgType, TableName, TableSpec, TypeKind, Value};
+use zc_types::{ColumnSpec, TableName, TableSpec, TypeKind, Value};
 
 fn main() {
-    let col = |name: &str, kind| ColumnSpec {
-        name: name.into(),
-        pg_type: PgType {
-            oid: 0,
-            name: name.into(),
-            kind,
-        },
-        not_null: false,
-    };
-    let spec = TableSpec {
-        name: TableName::new("public", "score"),
-        oid: 1,
-        columns: vec![col("player", TypeKind::Text), col("points", TypeKind::Int)],
-        key: vec![0],
-        indexes: vec![],
-        copied_at: Lsn::ZERO,
-    };
+    let spec = TableSpec::new(
+        TableName::new("public", "score"),
+        vec![
+            ColumnSpec::new("player", TypeKind::Text),
+            ColumnSpec::new("points", TypeKind::Int),
+        ],
+        vec![0],
+    );
     let mut source = MemorySource::new(spec);
     for (p, n) in [("ann", 30), ("bob", 20), ("cid", 10), ("dan", 5)] {
         source

@@ -260,33 +260,21 @@ impl Pipeline {
 #[cfg(test)]
 mod tests {
     use proptest::prelude::*;
-    use zc_types::{ColumnSpec, Lsn, PgType, TableName, TableSpec, TypeKind};
+    use zc_types::{ColumnSpec, TableName, TableSpec, TypeKind};
 
     use super::*;
     use crate::source::MemorySource;
 
     fn spec() -> TableSpec {
-        let col = |n: &str, kind| ColumnSpec {
-            name: n.into(),
-            pg_type: PgType {
-                oid: 0,
-                name: n.into(),
-                kind,
-            },
-            not_null: false,
-        };
-        TableSpec {
-            name: TableName::new("public", "issue"),
-            oid: 1,
-            columns: vec![
-                col("id", TypeKind::Int),
-                col("a", TypeKind::Int),
-                col("b", TypeKind::Text),
+        TableSpec::new(
+            TableName::new("public", "issue"),
+            vec![
+                ColumnSpec::new("id", TypeKind::Int),
+                ColumnSpec::new("a", TypeKind::Int),
+                ColumnSpec::new("b", TypeKind::Text),
             ],
-            key: vec![0],
-            indexes: vec![],
-            copied_at: Lsn::ZERO,
-        }
+            vec![0],
+        )
     }
 
     /// The query's result by brute force: filter, order, start, limit over all rows.

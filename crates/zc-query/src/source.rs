@@ -159,28 +159,19 @@ impl Source for MemorySource {
 
 #[cfg(test)]
 mod tests {
-    use zc_types::{ColumnSpec, PgType, TableName, TypeKind};
+    use zc_types::{ColumnSpec, TableName, TypeKind};
 
     use super::*;
 
     fn spec() -> TableSpec {
-        let col = |n: &str, kind| ColumnSpec {
-            name: n.into(),
-            pg_type: PgType {
-                oid: 0,
-                name: n.into(),
-                kind,
-            },
-            not_null: false,
-        };
-        TableSpec {
-            name: TableName::new("public", "issue"),
-            oid: 1,
-            columns: vec![col("id", TypeKind::Int), col("modified", TypeKind::Float)],
-            key: vec![0],
-            indexes: vec![],
-            copied_at: zc_types::Lsn::ZERO,
-        }
+        TableSpec::new(
+            TableName::new("public", "issue"),
+            vec![
+                ColumnSpec::new("id", TypeKind::Int),
+                ColumnSpec::new("modified", TypeKind::Float),
+            ],
+            vec![0],
+        )
     }
 
     #[test]

@@ -381,7 +381,7 @@ mod tests {
     use std::collections::BTreeMap;
 
     use proptest::prelude::*;
-    use zc_types::{ColumnSpec, Lsn, PgType, TableName, TableSpec, TypeKind};
+    use zc_types::{ColumnSpec, TableName, TableSpec, TypeKind};
 
     use super::*;
     use crate::source::MemorySource;
@@ -404,24 +404,13 @@ mod tests {
     fn table(name: &str, cols: &[&str]) -> MemorySource {
         let columns = cols
             .iter()
-            .map(|n| ColumnSpec {
-                name: (*n).into(),
-                pg_type: PgType {
-                    oid: 0,
-                    name: "int".into(),
-                    kind: TypeKind::Int,
-                },
-                not_null: false,
-            })
+            .map(|n| ColumnSpec::new(*n, TypeKind::Int))
             .collect();
-        MemorySource::new(TableSpec {
-            name: TableName::new("public", name),
-            oid: 1,
+        MemorySource::new(TableSpec::new(
+            TableName::new("public", name),
             columns,
-            key: vec![0],
-            indexes: vec![],
-            copied_at: Lsn::ZERO,
-        })
+            vec![0],
+        ))
     }
 
     type View = BTreeMap<(String, String), (usize, Row)>;

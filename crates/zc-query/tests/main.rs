@@ -10,30 +10,18 @@ use sqlx::Row as _;
 use zc_query::pipeline::{Pipeline, RowChange};
 use zc_query::{MemorySource, Source};
 use zc_testkit::TestDb;
-use zc_types::{ColumnSpec, Lsn, PgType, Row, TableName, TableSpec, TypeKind, Value};
+use zc_types::{ColumnSpec, Row, TableName, TableSpec, TypeKind, Value};
 
 fn spec() -> TableSpec {
-    let col = |n: &str, kind| ColumnSpec {
-        name: n.into(),
-        pg_type: PgType {
-            oid: 0,
-            name: n.into(),
-            kind,
-        },
-        not_null: false,
-    };
-    TableSpec {
-        name: TableName::new("public", "issue"),
-        oid: 1,
-        columns: vec![
-            col("id", TypeKind::Int),
-            col("a", TypeKind::Int),
-            col("b", TypeKind::Text),
+    TableSpec::new(
+        TableName::new("public", "issue"),
+        vec![
+            ColumnSpec::new("id", TypeKind::Int),
+            ColumnSpec::new("a", TypeKind::Int),
+            ColumnSpec::new("b", TypeKind::Text),
         ],
-        key: vec![0],
-        indexes: vec![],
-        copied_at: Lsn::ZERO,
-    }
+        vec![0],
+    )
 }
 
 const TEXTS: [&str; 6] = ["a", "b", "ab", "é", "B", "a%"];

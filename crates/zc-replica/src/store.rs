@@ -253,8 +253,10 @@ impl Replica {
             return Ok(false);
         }
         let version = txn.commit_lsn.as_u64();
+        // Table schemas read once per transaction, not once per row change.
+        let mut specs = SpecCache::default();
         for change in &txn.changes {
-            apply_change(&w, version, change)?;
+            apply_change(&w, &mut specs, version, change)?;
         }
         write_watermark(
             &w,
@@ -510,10 +512,31 @@ fn log_change(
     Ok(())
 }
 
-fn apply_change(w: &WriteTransaction, version: u64, change: &Change) -> Result<()> {
+/// The schemas a write transaction has read so far, kept in step with the catalog changes it
+/// makes.
+#[derive(Default)]
+struct SpecCache(std::collections::HashMap<TableName, Arc<TableSpec>>);
+
+impl SpecCache {
+    fn get(&mut self, w: &WriteTransaction, table: &TableName) -> Result<Arc<TableSpec>> {
+        if let Some(spec) = self.0.get(table) {
+            return Ok(Arc::clone(spec));
+        }
+        let spec = load_spec(w, table)?;
+        self.0.insert(table.clone(), Arc::clone(&spec));
+        Ok(spec)
+    }
+}
+
+fn apply_change(
+    w: &WriteTransaction,
+    specs: &mut SpecCache,
+    version: u64,
+    change: &Change,
+) -> Result<()> {
     match change {
         Change::Insert { table, row } => {
-            let spec = load_spec(w, table)?;
+            let spec = specs.get(w, table)?;
             let pk = put_row(w, &spec, version, row)?;
             log_change(w, version, table, &pk, ChangeOp::Set)
         }
@@ -522,7 +545,7 @@ fn apply_change(w: &WriteTransaction, version: u64, change: &Change) -> Result<(
             old_key,
             new,
         } => {
-            let spec = load_spec(w, table)?;
+            let spec = specs.get(w, table)?;
             check_shape(&spec, new.len())?;
             let new_pk = key::encode(
                 spec.key
@@ -552,14 +575,14 @@ fn apply_change(w: &WriteTransaction, version: u64, change: &Change) -> Result<(
             log_change(w, version, table, &pk, ChangeOp::Set)
         }
         Change::Delete { table, key: k } => {
-            let spec = load_spec(w, table)?;
+            let spec = specs.get(w, table)?;
             let pk = key::encode(k.iter());
             delete_row(w, &spec, &pk)?;
             log_change(w, version, table, &pk, ChangeOp::Delete)
         }
         Change::Truncate { tables } => {
             for table in tables {
-                let spec = load_spec(w, table)?;
+                let spec = specs.get(w, table)?;
                 drop_table_data(w, &spec)?;
                 create_table_data(w, &spec)?;
                 log_change(w, version, table, &[], ChangeOp::Truncate)?;
@@ -571,9 +594,11 @@ fn apply_change(w: &WriteTransaction, version: u64, change: &Change) -> Result<(
                 drop_table_data(w, &old)?;
             }
             create_table_data(w, spec)?;
+            specs.0.insert(spec.name.clone(), Arc::clone(spec));
             log_change(w, version, &spec.name, &[], ChangeOp::Reset)
         }
         Change::DropTable(name) => {
+            specs.0.remove(name);
             if let Ok(old) = load_spec(w, name) {
                 drop_table_data(w, &old)?;
                 w.open_table(CATALOG)?.remove(storage_key(name).as_str())?;
@@ -1044,28 +1069,19 @@ impl Snapshot {
 
 #[cfg(test)]
 mod tests {
-    use zc_types::{ColumnSpec, IndexSpec, PgType, TypeKind};
+    use zc_types::{ColumnSpec, IndexSpec, TypeKind};
     use zc_wal::SyncState;
 
     use super::*;
 
     fn spec() -> TableSpec {
-        let col = |name: &str, kind: TypeKind| ColumnSpec {
-            name: name.into(),
-            pg_type: PgType {
-                oid: 0,
-                name: "x".into(),
-                kind,
-            },
-            not_null: false,
-        };
         TableSpec {
             name: TableName::new("public", "t"),
             oid: 1,
             columns: vec![
-                col("id", TypeKind::Int),
-                col("v", TypeKind::Text),
-                col("n", TypeKind::Int),
+                ColumnSpec::new("id", TypeKind::Int),
+                ColumnSpec::new("v", TypeKind::Text),
+                ColumnSpec::new("n", TypeKind::Int),
             ],
             key: vec![0],
             indexes: vec![IndexSpec {
@@ -1103,6 +1119,19 @@ mod tests {
             .collect()
     }
 
+    /// The state an initial sync at consistent point 10 stores.
+    fn synced_state() -> SyncState {
+        SyncState {
+            slot: "s".into(),
+            publications: vec!["p".into()],
+            replica_version: Lsn(10),
+            watermark: Watermark {
+                commit_lsn: Lsn(9),
+                ack_lsn: Lsn(10),
+            },
+        }
+    }
+
     #[tokio::test]
     async fn replica_apply_is_atomic_and_idempotent() {
         let dir = tempfile::tempdir().unwrap();
@@ -1118,15 +1147,7 @@ mod tests {
         r.copy_rows(&t, vec![row(1, "a", 5), row(2, "b", 7)])
             .await
             .unwrap();
-        let state = SyncState {
-            slot: "s".into(),
-            publications: vec!["p".into()],
-            replica_version: Lsn(10),
-            watermark: Watermark {
-                commit_lsn: Lsn(9),
-                ack_lsn: Lsn(10),
-            },
-        };
+        let state = synced_state();
         r.finish_initial_sync(state.clone()).await.unwrap();
         assert_eq!(r.sync_state().await.unwrap(), Some(state));
         assert_eq!(index_order(&r), vec![2, 1], "descending index on n");
@@ -1254,17 +1275,7 @@ mod tests {
             .await
             .unwrap();
         r.copy_rows(&t, vec![row(1, "a", 5)]).await.unwrap();
-        r.finish_initial_sync(SyncState {
-            slot: "s".into(),
-            publications: vec![],
-            replica_version: Lsn(10),
-            watermark: Watermark {
-                commit_lsn: Lsn(9),
-                ack_lsn: Lsn(10),
-            },
-        })
-        .await
-        .unwrap();
+        r.finish_initial_sync(synced_state()).await.unwrap();
         let mut new_spec = spec();
         new_spec.copied_at = Lsn(50);
         r.begin_table_resync(Arc::new(new_spec)).await.unwrap();

@@ -142,6 +142,23 @@ pub struct ColumnSpec {
     pub not_null: bool,
 }
 
+impl ColumnSpec {
+    /// A nullable column of the given kind, for schemas built in code (in-memory sources,
+    /// examples, tests); its type name is the kind's.
+    pub fn new(name: impl Into<String>, kind: TypeKind) -> Self {
+        let type_name = format!("{kind:?}").to_lowercase();
+        ColumnSpec {
+            name: name.into(),
+            pg_type: PgType {
+                oid: 0,
+                name: type_name,
+                kind,
+            },
+            not_null: false,
+        }
+    }
+}
+
 /// A secondary index mirrored from upstream.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct IndexSpec {
@@ -175,6 +192,19 @@ pub struct TableSpec {
 }
 
 impl TableSpec {
+    /// A table keyed by the columns at `key`, without secondary indexes, for schemas built
+    /// in code (in-memory sources, examples, tests).
+    pub fn new(name: TableName, columns: Vec<ColumnSpec>, key: Vec<usize>) -> Self {
+        TableSpec {
+            name,
+            oid: 0,
+            columns,
+            key,
+            indexes: Vec::new(),
+            copied_at: crate::Lsn::ZERO,
+        }
+    }
+
     /// The position of a column by name.
     pub fn column_index(&self, name: &str) -> Option<usize> {
         self.columns.iter().position(|c| c.name == name)

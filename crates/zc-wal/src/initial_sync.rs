@@ -58,18 +58,7 @@ pub(crate) async fn run<D: Destination>(
     // Every worker imports the snapshot before the slot's session does anything else.
     let mut workers = Vec::with_capacity(cfg.copy_workers);
     for _ in 0..cfg.copy_workers {
-        let mut conn = upstream::connect(&cfg.upstream_url).await?;
-        conn.execute("BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY")
-            .await
-            .map_err(query_err("begin the snapshot transaction"))?;
-        let set = format!(
-            "SET TRANSACTION SNAPSHOT {}",
-            upstream::literal(&slot.snapshot)
-        );
-        conn.execute(AssertSqlSafe(set))
-            .await
-            .map_err(query_err("import the exported snapshot"))?;
-        workers.push(conn);
+        workers.push(snapshot_connection(cfg, &slot.snapshot).await?);
     }
     drop(session);
     drop(control);
@@ -153,6 +142,19 @@ pub(crate) async fn run<D: Destination>(
 }
 
 /// The SELECT list of a table's COPY: binary where we can decode the type, text otherwise.
+/// A connection inside a read-only REPEATABLE READ transaction that imported `snapshot`.
+async fn snapshot_connection(cfg: &WalConfig, snapshot: &str) -> Result<PgConnection> {
+    let mut conn = upstream::connect(&cfg.upstream_url).await?;
+    conn.execute("BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+        .await
+        .map_err(query_err("begin the snapshot transaction"))?;
+    let set = format!("SET TRANSACTION SNAPSHOT {}", upstream::literal(snapshot));
+    conn.execute(AssertSqlSafe(set))
+        .await
+        .map_err(query_err("import the exported snapshot"))?;
+    Ok(conn)
+}
+
 /// True when a column is copied in binary form: its kind has a binary decoder and its type's
 /// binary form is what that decoder reads (inet, macaddr, pg_lsn… are text-like kinds with
 /// binary forms of their own; oid is unsigned).
@@ -323,17 +325,7 @@ pub(crate) async fn resync_table<D: Destination>(
     upstream::drop_slot(&mut control, &tmp_slot).await?;
     drop(control);
     let (session, slot) = create_slot(parts, cfg, publications, &tmp_slot, true).await?;
-    let mut conn = upstream::connect(&cfg.upstream_url).await?;
-    conn.execute("BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY")
-        .await
-        .map_err(query_err("begin the snapshot transaction"))?;
-    let set = format!(
-        "SET TRANSACTION SNAPSHOT {}",
-        upstream::literal(&slot.snapshot)
-    );
-    conn.execute(AssertSqlSafe(set))
-        .await
-        .map_err(query_err("import the exported snapshot"))?;
+    let mut conn = snapshot_connection(cfg, &slot.snapshot).await?;
     // The temporary slot goes with its session; the snapshot stays valid in our transaction.
     drop(session);
     let Some(mut copy) = upstream::published_tables(&mut conn, publications, Some(&[oid]))
