@@ -4,7 +4,7 @@
 
 use std::cmp::Ordering;
 
-use zc_protocol::ast::{Condition, SimpleOp, ValuePosition};
+use zc_protocol::ast::{Condition, CorrelatedSubquery, ExistsOp, SimpleOp, ValuePosition};
 use zc_types::Value;
 
 use crate::compare::{compare_values, sql_eq};
@@ -55,6 +55,13 @@ pub enum Predicate {
     And(Vec<Predicate>),
     /// Any of these.
     Or(Vec<Predicate>),
+    /// A correlated subquery condition, evaluated by the caller (see [`Predicate::eval_with`]).
+    Exists {
+        /// The subquery's position in the list the compiler handed out.
+        index: usize,
+        /// `NOT EXISTS`.
+        negated: bool,
+    },
 }
 
 /// Converts a JSON literal into a value.
@@ -72,22 +79,35 @@ pub fn literal_value(v: &serde_json::Value) -> Value {
 }
 
 impl Predicate {
-    /// Compiles a condition for rows with these columns.
+    /// Compiles a condition without correlated subqueries for rows with these columns.
     pub fn compile(cond: &Condition, columns: &[String]) -> Result<Predicate, FilterError> {
+        Self::compile_with(cond, columns, &mut |_, _| Err(FilterError::Subquery))
+    }
+
+    /// Compiles a condition; each correlated subquery condition is handed to `subquery`,
+    /// which returns the index that [`Predicate::Exists`] then carries.
+    pub fn compile_with(
+        cond: &Condition,
+        columns: &[String],
+        subquery: &mut dyn FnMut(&CorrelatedSubquery, ExistsOp) -> Result<usize, FilterError>,
+    ) -> Result<Predicate, FilterError> {
         match cond {
             Condition::And { conditions } => Ok(Predicate::And(
                 conditions
                     .iter()
-                    .map(|c| Self::compile(c, columns))
+                    .map(|c| Self::compile_with(c, columns, subquery))
                     .collect::<Result<_, _>>()?,
             )),
             Condition::Or { conditions } => Ok(Predicate::Or(
                 conditions
                     .iter()
-                    .map(|c| Self::compile(c, columns))
+                    .map(|c| Self::compile_with(c, columns, subquery))
                     .collect::<Result<_, _>>()?,
             )),
-            Condition::CorrelatedSubquery { .. } => Err(FilterError::Subquery),
+            Condition::CorrelatedSubquery { related, op, .. } => Ok(Predicate::Exists {
+                index: subquery(related, *op)?,
+                negated: *op == ExistsOp::NotExists,
+            }),
             Condition::Simple { op, left, right } => {
                 let literal = |p: &ValuePosition| -> Result<serde_json::Value, FilterError> {
                     match p {
@@ -149,9 +169,55 @@ impl Predicate {
         }
     }
 
-    /// Evaluates the predicate on a row.
+    /// True when the predicate contains correlated subquery conditions.
+    pub fn has_subqueries(&self) -> bool {
+        match self {
+            Predicate::Exists { .. } => true,
+            Predicate::And(ps) | Predicate::Or(ps) => ps.iter().any(Predicate::has_subqueries),
+            Predicate::Compare { .. } | Predicate::Const(_) => false,
+        }
+    }
+
+    /// Evaluates the predicate on a row, asking `exists(index, row)` for subquery
+    /// conditions. Simple conditions are evaluated first, so a subquery is only consulted
+    /// when it can change the answer.
+    pub fn eval_with<E, F>(&self, row: &[Value], exists: &mut F) -> Result<bool, E>
+    where
+        F: FnMut(usize, &[Value]) -> Result<bool, E> + ?Sized,
+    {
+        match self {
+            Predicate::Exists { index, negated } => Ok(exists(*index, row)? != *negated),
+            Predicate::And(ps) => {
+                if ps.iter().any(|p| !p.has_subqueries() && !p.eval(row)) {
+                    return Ok(false);
+                }
+                for p in ps.iter().filter(|p| p.has_subqueries()) {
+                    if !p.eval_with(row, exists)? {
+                        return Ok(false);
+                    }
+                }
+                Ok(true)
+            }
+            Predicate::Or(ps) => {
+                if ps.iter().any(|p| !p.has_subqueries() && p.eval(row)) {
+                    return Ok(true);
+                }
+                for p in ps.iter().filter(|p| p.has_subqueries()) {
+                    if p.eval_with(row, exists)? {
+                        return Ok(true);
+                    }
+                }
+                Ok(false)
+            }
+            other => Ok(other.eval(row)),
+        }
+    }
+
+    /// Evaluates the predicate on a row. Subquery conditions count as false here; use
+    /// [`Predicate::eval_with`] for predicates that have them.
     pub fn eval(&self, row: &[Value]) -> bool {
         match self {
+            Predicate::Exists { .. } => false,
             Predicate::Compare {
                 column,
                 op,

@@ -20,5 +20,8 @@ pub mod pipeline;
 mod source;
 pub mod tree;
 
-pub use source::{MemorySource, Source, SourceError};
+pub use source::{
+    MemorySource, RowStream, ScanRequest, Source, SourceError, Sources, after_start,
+    complete_ordering, satisfies,
+};
 pub use zc_protocol::ast;

@@ -17,11 +17,11 @@
 use std::cmp::Ordering;
 
 use zc_protocol::ast::{Ast, Direction};
-use zc_types::{Row, Value};
+use zc_types::{Row, TableSpec, Value};
 
 use crate::compare::compare_rows;
 use crate::filter::{FilterError, Predicate, literal_value};
-use crate::source::{Source, SourceError, complete_ordering};
+use crate::source::{ScanRequest, Source, SourceError, after_start, complete_ordering, satisfies};
 
 /// A query that cannot be built into a pipeline.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -65,6 +65,13 @@ pub enum RowChange {
 /// A change to the query's result.
 pub type Output = RowChange;
 
+/// How a pipeline asks whether a row passes correlated subquery condition `index`.
+pub(crate) type ExistsFn<'a> = dyn FnMut(usize, &[Value]) -> Result<bool, SourceError> + 'a;
+
+fn no_subqueries(_: usize, _: &[Value]) -> Result<bool, SourceError> {
+    Ok(false)
+}
+
 /// An incrementally maintained single-table query.
 #[derive(Debug)]
 pub struct Pipeline {
@@ -72,24 +79,49 @@ pub struct Pipeline {
     ordering: Vec<(usize, bool)>,
     start: Option<(Row, bool)>,
     limit: Option<usize>,
+    /// Equalities every row must meet (a related subquery's correlation to its parent).
+    constraint: Vec<(usize, Value)>,
     /// With a limit: the rows in the window, in order.
     window: Vec<Row>,
     key: Vec<usize>,
+}
+
+fn check_table(ast: &Ast, spec: &TableSpec) -> Result<(), BuildError> {
+    if ast.table != spec.name.zero_name() && ast.table != spec.name.name {
+        return Err(BuildError::WrongTable {
+            query: ast.table.clone(),
+            source_table: spec.name.zero_name(),
+        });
+    }
+    Ok(())
 }
 
 impl Pipeline {
     /// Builds a pipeline for `ast` over `source` (no hydration yet).
     pub fn build(ast: &Ast, source: &dyn Source) -> Result<Pipeline, BuildError> {
         let spec = source.spec();
-        if ast.table != spec.name.zero_name() && ast.table != spec.name.name {
-            return Err(BuildError::WrongTable {
-                query: ast.table.clone(),
-                source_table: spec.name.zero_name(),
-            });
-        }
+        check_table(ast, spec)?;
         if ast.related.as_ref().is_some_and(|r| !r.is_empty()) {
             return Err(BuildError::Unsupported("related"));
         }
+        let columns: Vec<String> = spec.columns.iter().map(|c| c.name.clone()).collect();
+        let predicate = ast
+            .where_
+            .as_ref()
+            .map(|w| Predicate::compile(w, &columns))
+            .transpose()?;
+        Self::with_parts(ast, spec, predicate, Vec::new())
+    }
+
+    /// A pipeline with an already compiled predicate (which may hold subquery conditions)
+    /// and a constraint; `related` is ignored.
+    pub(crate) fn with_parts(
+        ast: &Ast,
+        spec: &TableSpec,
+        predicate: Option<Predicate>,
+        constraint: Vec<(usize, Value)>,
+    ) -> Result<Pipeline, BuildError> {
+        check_table(ast, spec)?;
         let columns: Vec<String> = spec.columns.iter().map(|c| c.name.clone()).collect();
         let position = |name: &str| {
             columns
@@ -97,11 +129,6 @@ impl Pipeline {
                 .position(|c| c == name)
                 .ok_or_else(|| BuildError::UnknownColumn(name.into()))
         };
-        let predicate = ast
-            .where_
-            .as_ref()
-            .map(|w| Predicate::compile(w, &columns))
-            .transpose()?;
         let mut ordering = Vec::new();
         for part in ast.order_by.iter().flatten() {
             ordering.push((position(&part.0)?, part.1 == Direction::Desc));
@@ -122,21 +149,36 @@ impl Pipeline {
             ordering,
             start,
             limit: ast.limit.map(|l| usize::try_from(l).unwrap_or(usize::MAX)),
+            constraint,
             window: Vec::new(),
             key: spec.key.clone(),
         })
     }
 
-    /// True when the row passes the filter and the start bound.
-    fn admits(&self, row: &[Value]) -> bool {
-        self.predicate.as_ref().is_none_or(|p| p.eval(row))
-            && self.start.as_ref().is_none_or(|(bound, exclusive)| {
-                match compare_rows(row, bound, &self.ordering) {
-                    Ordering::Greater => true,
-                    Ordering::Equal => !exclusive,
-                    Ordering::Less => false,
-                }
-            })
+    /// The complete ordering (with the key) of this pipeline's rows.
+    pub fn ordering(&self) -> &[(usize, bool)] {
+        &self.ordering
+    }
+
+    /// True when the row passes the constraint, the start bound and the filter.
+    pub(crate) fn admits(
+        &self,
+        row: &[Value],
+        exists: &mut ExistsFn<'_>,
+    ) -> Result<bool, SourceError> {
+        if !satisfies(row, &self.constraint)
+            || !after_start(
+                row,
+                self.start.as_ref().map(|(b, e)| (b.as_slice(), *e)),
+                &self.ordering,
+            )
+        {
+            return Ok(false);
+        }
+        match &self.predicate {
+            None => Ok(true),
+            Some(p) => p.eval_with(row, exists),
+        }
     }
 
     fn cmp(&self, a: &[Value], b: &[Value]) -> Ordering {
@@ -153,24 +195,46 @@ impl Pipeline {
         source: &dyn Source,
         after: Option<&[Value]>,
         n: usize,
+        exists: &mut ExistsFn<'_>,
     ) -> Result<Vec<Row>, SourceError> {
         let start = match (after, &self.start) {
             (Some(a), _) => Some((a, true)),
             (None, Some((b, excl))) => Some((b.as_slice(), *excl)),
             (None, None) => None,
         };
+        let mut out = Vec::new();
+        // A NULL in the constraint (a parent's correlation value) matches nothing.
+        if n == 0 || self.constraint.iter().any(|(_, v)| v.is_null()) {
+            return Ok(out);
+        }
         // Sources return rows from the bound on; the predicate is applied here.
-        let rows = source.scan(&self.ordering, start)?;
-        Ok(rows
-            .into_iter()
-            .filter(|r| self.admits(r))
-            .take(n)
-            .collect())
+        for row in source.scan(&ScanRequest {
+            ordering: &self.ordering,
+            start,
+            constraint: &self.constraint,
+        })? {
+            let row = row?;
+            if self.admits(&row, exists)? {
+                out.push(row);
+                if out.len() >= n {
+                    break;
+                }
+            }
+        }
+        Ok(out)
     }
 
     /// Hydrates: the query's rows, in order.
     pub fn hydrate(&mut self, source: &dyn Source) -> Result<Vec<Row>, SourceError> {
-        let rows = self.fetch(source, None, self.limit.unwrap_or(usize::MAX))?;
+        self.hydrate_with(source, &mut no_subqueries)
+    }
+
+    pub(crate) fn hydrate_with(
+        &mut self,
+        source: &dyn Source,
+        exists: &mut ExistsFn<'_>,
+    ) -> Result<Vec<Row>, SourceError> {
+        let rows = self.fetch(source, None, self.limit.unwrap_or(usize::MAX), exists)?;
         if self.limit.is_some() {
             self.window = rows.clone();
         }
@@ -188,11 +252,34 @@ impl Pipeline {
             RowChange::Remove(r) => (Some(r), None),
             RowChange::Edit { old, new } => (Some(old), Some(new)),
         };
+        let exists = &mut no_subqueries;
+        let was = match old {
+            Some(o) if self.admits(o, exists)? => Some(o),
+            _ => None,
+        };
+        let is = match new {
+            Some(n) if self.admits(n, exists)? => Some(n),
+            _ => None,
+        };
+        self.apply(was, is, source, exists)
+    }
+
+    /// Applies a change of membership: `was` is the row's old version if it belonged to the
+    /// query before, `is` its new version if it belongs now (the caller evaluated both, each
+    /// against its own state). Adding a row the window already holds replaces it, removing
+    /// one it does not hold is a no-op, so a caller may push the rows that one upstream
+    /// change affects in any order.
+    pub(crate) fn apply(
+        &mut self,
+        was: Option<&Row>,
+        is: Option<&Row>,
+        source: &dyn Source,
+        exists: &mut ExistsFn<'_>,
+    ) -> Result<Vec<Output>, SourceError> {
         let Some(limit) = self.limit else {
-            // No window: membership follows the predicate alone.
-            let was = old.filter(|r| self.admits(r));
-            let is = new.filter(|r| self.admits(r));
+            // No window: membership is the answer.
             return Ok(match (was, is) {
+                (Some(o), Some(n)) if o == n => vec![],
                 (Some(o), Some(n)) => vec![RowChange::Edit {
                     old: o.clone(),
                     new: n.clone(),
@@ -204,12 +291,12 @@ impl Pipeline {
         };
         let before = self.window.clone();
         let was_full = self.window.len() >= limit;
-        if let Some(o) = old
-            && let Some(i) = self.window.iter().position(|r| self.same_key(r, o))
-        {
-            self.window.remove(i);
+        for row in [was, is].into_iter().flatten() {
+            if let Some(i) = self.window.iter().position(|r| self.same_key(r, row)) {
+                self.window.remove(i);
+            }
         }
-        if let Some(n) = new.filter(|r| self.admits(r)) {
+        if let Some(n) = is {
             // A full window's last row bounds it: every admitted row outside the window sorts
             // after it. A window that was not full held every admitted row.
             let inside = !was_full || before.last().is_some_and(|l| self.cmp(n, l).is_lt());
@@ -223,10 +310,7 @@ impl Pipeline {
             // A row left a full window: the next admitted rows after the window enter.
             let after = self.window.last().cloned();
             let need = limit - self.window.len();
-            let more = match &after {
-                Some(a) => self.fetch(source, Some(a), need)?,
-                None => self.fetch(source, None, need)?,
-            };
+            let more = self.fetch(source, after.as_deref(), need, exists)?;
             for r in more {
                 if !self.window.iter().any(|w| self.same_key(w, &r)) {
                     self.window.push(r);
@@ -280,10 +364,10 @@ mod tests {
     /// The query's result by brute force: filter, order, start, limit over all rows.
     fn brute_force(p: &Pipeline, source: &MemorySource) -> Vec<Row> {
         let mut rows: Vec<Row> = source
-            .scan(&[], None)
+            .scan(&ScanRequest::default())
             .unwrap()
-            .into_iter()
-            .filter(|r| p.admits(r))
+            .map(Result::unwrap)
+            .filter(|r| p.admits(r, &mut no_subqueries).unwrap())
             .collect();
         rows.sort_by(|a, b| p.cmp(a, b));
         rows.truncate(p.limit.unwrap_or(usize::MAX));

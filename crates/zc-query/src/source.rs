@@ -5,7 +5,7 @@ use std::cmp::Ordering;
 
 use zc_types::{Row, TableSpec, Value};
 
-use crate::compare::compare_rows;
+use crate::compare::{compare_rows, compare_values};
 
 /// A source could not serve a request.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -29,21 +29,60 @@ pub enum SourceError {
     Read(String),
 }
 
+/// Rows read from a source, lazily: a source may stop reading as soon as the consumer does.
+pub type RowStream<'a> = Box<dyn Iterator<Item = Result<Row, SourceError>> + 'a>;
+
+/// What a pipeline asks a source for.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ScanRequest<'a> {
+    /// Column positions, `true` = descending; the source completes it with the key.
+    pub ordering: &'a [(usize, bool)],
+    /// Start at this row in that order (`true` = exclusive: skip rows equal to it).
+    pub start: Option<(&'a [Value], bool)>,
+    /// Only rows whose columns equal these (non-null) values, as a join correlation asks.
+    pub constraint: &'a [(usize, Value)],
+}
+
 /// A table's rows, read in a requested order.
 ///
-/// Contract: `scan` MUST return every row exactly once, ordered by `ordering` and then by
-/// the primary key (so the order is total), starting at or after `start` when given.
+/// Contract: `scan` MUST return every row that satisfies the request's constraint exactly
+/// once, ordered by the request's ordering and then by the primary key (so the order is
+/// total), starting at or after `start` when given.
+///
+/// During a push, a source reflects every change pushed so far and none after: the state
+/// right after the change being pushed.
 pub trait Source {
     /// The table's schema.
     fn spec(&self) -> &TableSpec;
 
-    /// Rows in `ordering` (column positions, `true` = descending) completed with the key,
-    /// from `start` on (`exclusive` skips rows equal to it in that order).
-    fn scan(
-        &self,
-        ordering: &[(usize, bool)],
-        start: Option<(&[Value], bool)>,
-    ) -> Result<Vec<Row>, SourceError>;
+    /// Rows as the request asks.
+    fn scan(&self, request: &ScanRequest<'_>) -> Result<RowStream<'_>, SourceError>;
+}
+
+/// The tables a query reads.
+pub trait Sources {
+    /// The source of a table, by the name used in ASTs.
+    fn source(&self, table: &str) -> Option<&dyn Source>;
+}
+
+/// True when `row` satisfies a scan's constraint.
+pub fn satisfies(row: &[Value], constraint: &[(usize, Value)]) -> bool {
+    constraint.iter().all(|(c, v)| {
+        row.get(*c)
+            .is_some_and(|x| !x.is_null() && compare_values(x, v) == Ordering::Equal)
+    })
+}
+
+/// True when `row` lies at or after `start` in `full` (a complete ordering).
+pub fn after_start(row: &[Value], start: Option<(&[Value], bool)>, full: &[(usize, bool)]) -> bool {
+    match start {
+        None => true,
+        Some((bound, exclusive)) => match compare_rows(row, bound, full) {
+            Ordering::Greater => true,
+            Ordering::Equal => !exclusive,
+            Ordering::Less => false,
+        },
+    }
 }
 
 /// A table held in memory, kept in primary-key order.
@@ -54,10 +93,7 @@ pub struct MemorySource {
 }
 
 /// An ordering completed with the primary key columns (ascending) not already in it.
-pub(crate) fn complete_ordering(
-    spec: &TableSpec,
-    ordering: &[(usize, bool)],
-) -> Vec<(usize, bool)> {
+pub fn complete_ordering(spec: &TableSpec, ordering: &[(usize, bool)]) -> Vec<(usize, bool)> {
     let mut full = ordering.to_vec();
     for &k in &spec.key {
         if !full.iter().any(|&(c, _)| c == k) {
@@ -132,28 +168,24 @@ impl Source for MemorySource {
         &self.spec
     }
 
-    fn scan(
-        &self,
-        ordering: &[(usize, bool)],
-        start: Option<(&[Value], bool)>,
-    ) -> Result<Vec<Row>, SourceError> {
-        if let Some(&(c, _)) = ordering
-            .iter()
-            .find(|&&(c, _)| c >= self.spec.columns.len())
-        {
+    fn scan(&self, request: &ScanRequest<'_>) -> Result<RowStream<'_>, SourceError> {
+        let columns = self.spec.columns.len();
+        if let Some(&(c, _)) = request.ordering.iter().find(|&&(c, _)| c >= columns) {
             return Err(SourceError::UnknownColumn(format!("#{c}")));
         }
-        let full = complete_ordering(&self.spec, ordering);
-        let mut rows = self.rows.clone();
-        rows.sort_by(|a, b| compare_rows(a, b, &full));
-        if let Some((bound, exclusive)) = start {
-            rows.retain(|r| match compare_rows(r, bound, &full) {
-                Ordering::Greater => true,
-                Ordering::Equal => !exclusive,
-                Ordering::Less => false,
-            });
+        if let Some((c, _)) = request.constraint.iter().find(|(c, _)| *c >= columns) {
+            return Err(SourceError::UnknownColumn(format!("#{c}")));
         }
-        Ok(rows)
+        let full = complete_ordering(&self.spec, request.ordering);
+        let mut rows: Vec<Row> = self
+            .rows
+            .iter()
+            .filter(|r| satisfies(r, request.constraint))
+            .filter(|r| after_start(r, request.start, &full))
+            .cloned()
+            .collect();
+        rows.sort_by(|a, b| compare_rows(a, b, &full));
+        Ok(Box::new(rows.into_iter().map(Ok)))
     }
 }
 
@@ -181,19 +213,27 @@ mod tests {
             s.upsert(vec![Value::Int(id), Value::Float(m)]).unwrap();
         }
         assert!(s.upsert(vec![Value::Int(1)]).is_err());
-        let ids = |rows: Vec<Row>| rows.into_iter().map(|r| r[0].clone()).collect::<Vec<_>>();
+        let ids = |rows: RowStream<'_>| rows.map(|r| r.unwrap()[0].clone()).collect::<Vec<_>>();
+        let scan = |ordering: &[(usize, bool)], start: Option<(&[Value], bool)>| {
+            s.scan(&ScanRequest {
+                ordering,
+                start,
+                constraint: &[],
+            })
+            .unwrap()
+        };
         // modified desc, then id asc (the key completes the order).
         let order = [(1, true)];
         assert_eq!(
-            ids(s.scan(&order, None).unwrap()),
+            ids(scan(&order, None)),
             vec![Value::Int(1), Value::Int(3), Value::Int(2), Value::Int(4)]
         );
         let bound = [Value::Int(3), Value::Float(5.0)];
         assert_eq!(
-            ids(s.scan(&order, Some((&bound, true))).unwrap()),
+            ids(scan(&order, Some((&bound, true)))),
             vec![Value::Int(2), Value::Int(4)]
         );
-        assert_eq!(ids(s.scan(&order, Some((&bound, false))).unwrap()).len(), 3);
+        assert_eq!(ids(scan(&order, Some((&bound, false)))).len(), 3);
         assert_eq!(
             s.remove(&[Value::Int(2), Value::Null]),
             Some(vec![Value::Int(2), Value::Float(3.0)])

@@ -1,7 +1,17 @@
-//! Queries with `related` subqueries: a tree of [`Pipeline`]s. Each related subquery keeps
-//! one pipeline per distinct correlation value among its parent rows (Zero's partitioned
-//! join), created when the first parent row with that value enters the result and dropped
-//! when the last one leaves.
+//! Queries with `related` subqueries and `EXISTS` / `NOT EXISTS` conditions: a tree of
+//! [`Pipeline`]s.
+//!
+//! - A related subquery keeps one pipeline per distinct correlation value among its parent
+//!   rows (Zero's partitioned join), created when the first parent row with that value
+//!   enters the result and dropped when the last one leaves.
+//! - A correlated subquery condition (also inside `or`, also nested) is evaluated per row
+//!   by reading the child table through its correlation. When a change to a table that a
+//!   condition reads arrives, the parent rows it may flip are found through the same
+//!   correlations, their membership before the change (read through an overlay that undoes
+//!   it) and after it are compared, and only flips enter the parent's pipeline.
+//! - As in zero-cache, the rows a condition's subquery matches are synced too, capped at 3
+//!   per parent row in the result (1 for permission rules), so that the client can evaluate
+//!   the condition itself: each condition also acts as a hidden related subquery.
 //!
 //! A change is pushed to the partitions that exist *before* the node's own pipeline sees it;
 //! partitions created while handling the change hydrate from the source, which already holds
@@ -10,19 +20,23 @@
 //! Output is flat: `(table, change)` pairs. A row under several parents (or queries) is
 //! added once per partition that holds it; consumers keep a reference count per row.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
-use zc_protocol::ast::{Ast, Condition, CorrelatedSubquery, SimpleOp, ValuePosition};
-use zc_types::{Row, Value};
+use zc_protocol::ast::{Ast, CorrelatedSubquery, ExistsOp, System};
+use zc_types::{Row, TableSpec, Value};
 
+use crate::compare::compare_rows;
+use crate::filter::{FilterError, Predicate};
 use crate::pipeline::{BuildError, Pipeline, RowChange};
-use crate::source::{Source, SourceError};
+pub use crate::source::Sources;
+use crate::source::{
+    RowStream, ScanRequest, Source, SourceError, after_start, complete_ordering, satisfies,
+};
 
-/// The tables a query reads.
-pub trait Sources {
-    /// The source of a table, by the name used in ASTs.
-    fn source(&self, table: &str) -> Option<&dyn Source>;
-}
+/// Rows zero-cache syncs per parent for a client EXISTS condition.
+pub const EXISTS_LIMIT: u64 = 3;
+/// Rows zero-cache syncs per parent for a permission rule's EXISTS condition.
+pub const PERMISSIONS_EXISTS_LIMIT: u64 = 1;
 
 /// A tree query could not be built or read.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -56,6 +70,249 @@ pub enum TreeError {
 /// One output change: the table and the change to one of its rows.
 pub type TreeOutput = (String, RowChange);
 
+fn source_of<'s>(sources: &'s dyn Sources, table: &str) -> Result<&'s dyn Source, SourceError> {
+    sources
+        .source(table)
+        .ok_or_else(|| SourceError::Read(format!("no source for table \"{table}\"")))
+}
+
+fn column_positions(spec: &TableSpec, names: &[String]) -> Option<Vec<usize>> {
+    names
+        .iter()
+        .map(|n| spec.columns.iter().position(|c| &c.name == n))
+        .collect()
+}
+
+fn same_key(key: &[usize], a: &[Value], b: &[Value]) -> bool {
+    key.iter().all(|&k| a.get(k) == b.get(k))
+}
+
+/// The constraint a correlation puts on the other side, or `None` when a value is NULL
+/// (NULL never correlates).
+fn correlate(row: &[Value], from: &[usize], to: &[usize]) -> Option<Vec<(usize, Value)>> {
+    from.iter()
+        .zip(to)
+        .map(|(&f, &t)| match row.get(f) {
+            Some(v) if !v.is_null() => Some((t, v.clone())),
+            _ => None,
+        })
+        .collect()
+}
+
+/// A correlated subquery condition, compiled.
+#[derive(Debug, Clone)]
+struct ExistsCheck {
+    parent_cols: Vec<usize>,
+    child_cols: Vec<usize>,
+    child: Level,
+    /// `limit: 0`: the subquery never has rows.
+    never: bool,
+}
+
+/// The filter of one AST level: which rows of its table pass its `where`.
+#[derive(Debug, Clone)]
+struct Level {
+    table: String,
+    key: Vec<usize>,
+    predicate: Option<Predicate>,
+    exists: Vec<ExistsCheck>,
+    /// Tables (other than through this level's own rows) whose changes can flip rows here.
+    reads: BTreeSet<String>,
+}
+
+impl Level {
+    fn compile(ast: &Ast, sources: &dyn Sources) -> Result<Level, TreeError> {
+        let source = sources
+            .source(&ast.table)
+            .ok_or_else(|| TreeError::UnknownTable(ast.table.clone()))?;
+        let spec = source.spec();
+        let columns: Vec<String> = spec.columns.iter().map(|c| c.name.clone()).collect();
+        let mut subqueries: Vec<CorrelatedSubquery> = Vec::new();
+        let predicate = ast
+            .where_
+            .as_ref()
+            .map(|w| {
+                Predicate::compile_with(w, &columns, &mut |csq, _op: ExistsOp| {
+                    subqueries.push(csq.clone());
+                    Ok::<usize, FilterError>(subqueries.len() - 1)
+                })
+            })
+            .transpose()
+            .map_err(|e| TreeError::Build {
+                table: ast.table.clone(),
+                source: BuildError::Filter(e),
+            })?;
+        let mut exists = Vec::new();
+        let mut reads = BTreeSet::new();
+        for csq in &subqueries {
+            let (parent_cols, child_cols) = correlation_columns(ast, csq, spec, sources)?;
+            let child = Level::compile(&csq.subquery, sources)?;
+            reads.insert(child.table.clone());
+            reads.extend(child.reads.iter().cloned());
+            exists.push(ExistsCheck {
+                parent_cols,
+                child_cols,
+                never: csq.subquery.limit == Some(0),
+                child,
+            });
+        }
+        Ok(Level {
+            table: ast.table.clone(),
+            key: spec.key.clone(),
+            predicate,
+            exists,
+            reads,
+        })
+    }
+
+    /// True when `row` passes this level's `where` in the state `sources` shows.
+    fn passes(&self, row: &[Value], sources: &dyn Sources) -> Result<bool, SourceError> {
+        match &self.predicate {
+            None => Ok(true),
+            Some(p) => p.eval_with(row, &mut |i, r| self.holds(i, r, sources)),
+        }
+    }
+
+    /// True when condition `i` finds a child row for `row`.
+    fn holds(&self, i: usize, row: &[Value], sources: &dyn Sources) -> Result<bool, SourceError> {
+        let Some(check) = self.exists.get(i) else {
+            return Ok(false);
+        };
+        if check.never {
+            return Ok(false);
+        }
+        let Some(constraint) = correlate(row, &check.parent_cols, &check.child_cols) else {
+            return Ok(false);
+        };
+        let child = source_of(sources, &check.child.table)?;
+        for r in child.scan(&ScanRequest {
+            constraint: &constraint,
+            ..ScanRequest::default()
+        })? {
+            if check.child.passes(&r?, sources)? {
+                return Ok(true);
+            }
+        }
+        Ok(false)
+    }
+
+    /// Rows of this level's table (in the current state) whose membership a change to
+    /// `table` (`changed`: its old and new rows) may have flipped through a condition.
+    fn affected(
+        &self,
+        table: &str,
+        changed: &[&Row],
+        sources: &dyn Sources,
+    ) -> Result<Vec<Row>, SourceError> {
+        let mut out: Vec<Row> = Vec::new();
+        for check in &self.exists {
+            let child = &check.child;
+            if child.table != table && !child.reads.contains(table) {
+                continue;
+            }
+            let mut child_rows: Vec<Row> = Vec::new();
+            if child.table == table {
+                child_rows.extend(changed.iter().map(|r| (*r).clone()));
+            }
+            child_rows.extend(child.affected(table, changed, sources)?);
+            let parent = source_of(sources, &self.table)?;
+            for c in &child_rows {
+                let Some(constraint) = correlate(c, &check.child_cols, &check.parent_cols) else {
+                    continue;
+                };
+                for p in parent.scan(&ScanRequest {
+                    constraint: &constraint,
+                    ..ScanRequest::default()
+                })? {
+                    let p = p?;
+                    if !out.iter().any(|o| same_key(&self.key, o, &p)) {
+                        out.push(p);
+                    }
+                }
+            }
+        }
+        Ok(out)
+    }
+}
+
+fn correlation_columns(
+    parent: &Ast,
+    r: &CorrelatedSubquery,
+    parent_spec: &TableSpec,
+    sources: &dyn Sources,
+) -> Result<(Vec<usize>, Vec<usize>), TreeError> {
+    let child_source = sources
+        .source(&r.subquery.table)
+        .ok_or_else(|| TreeError::UnknownTable(r.subquery.table.clone()))?;
+    let bad = || TreeError::Correlation {
+        parent: parent.table.clone(),
+        child: r.subquery.table.clone(),
+    };
+    let parent_cols = column_positions(parent_spec, &r.correlation.parent_field).ok_or_else(bad)?;
+    let child_cols =
+        column_positions(child_source.spec(), &r.correlation.child_field).ok_or_else(bad)?;
+    if parent_cols.len() != child_cols.len() || parent_cols.is_empty() {
+        return Err(bad());
+    }
+    Ok((parent_cols, child_cols))
+}
+
+/// A table's source as it was before one change: the change's new row hidden, its old row
+/// shown again.
+struct Undo<'a> {
+    inner: &'a dyn Source,
+    old: Option<&'a Row>,
+    new: Option<&'a Row>,
+}
+
+impl Source for Undo<'_> {
+    fn spec(&self) -> &TableSpec {
+        self.inner.spec()
+    }
+
+    fn scan(&self, request: &ScanRequest<'_>) -> Result<RowStream<'_>, SourceError> {
+        let spec = self.inner.spec();
+        let key = spec.key.clone();
+        let full = complete_ordering(spec, request.ordering);
+        let hide = self.new.cloned();
+        let mut pending = self
+            .old
+            .filter(|o| satisfies(o, request.constraint) && after_start(o, request.start, &full))
+            .cloned();
+        let mut rows = self.inner.scan(request)?.filter(move |r| match (r, &hide) {
+            (Ok(r), Some(h)) => !same_key(&key, r, h),
+            _ => true,
+        });
+        let mut next: Option<Result<Row, SourceError>> = rows.next();
+        Ok(Box::new(std::iter::from_fn(move || {
+            match (&next, &pending) {
+                (Some(Ok(r)), Some(o)) if compare_rows(o, r, &full).is_lt() => {
+                    pending.take().map(Ok)
+                }
+                (Some(_), _) => std::mem::replace(&mut next, rows.next()),
+                (None, _) => pending.take().map(Ok),
+            }
+        })))
+    }
+}
+
+/// All sources as they were before one change to `table`.
+struct Before<'a> {
+    inner: &'a dyn Sources,
+    table: &'a str,
+    undo: Option<Undo<'a>>,
+}
+
+impl Sources for Before<'_> {
+    fn source(&self, table: &str) -> Option<&dyn Source> {
+        if table == self.table {
+            self.undo.as_ref().map(|u| u as &dyn Source)
+        } else {
+            self.inner.source(table)
+        }
+    }
+}
+
 #[derive(Debug)]
 struct Slot {
     parent_cols: Vec<usize>,
@@ -73,9 +330,8 @@ struct Partition {
 
 #[derive(Debug)]
 struct Node {
-    table: String,
+    level: Level,
     pipeline: Pipeline,
-    key: Vec<usize>,
     /// The node's current rows by encoded key.
     rows: BTreeMap<Vec<u8>, Row>,
     slots: Vec<Slot>,
@@ -86,36 +342,52 @@ fn encode(values: &[&Value]) -> Vec<u8> {
     serde_json::to_vec(&values.iter().map(|v| v.to_json()).collect::<Vec<_>>()).unwrap_or_default()
 }
 
-fn column_positions(source: &dyn Source, names: &[String]) -> Option<Vec<usize>> {
-    names
-        .iter()
-        .map(|n| source.spec().columns.iter().position(|c| &c.name == n))
-        .collect()
-}
-
-fn json_literal(v: &Value) -> serde_json::Value {
-    v.to_json()
+fn encode_cols(row: &[Value], cols: &[usize]) -> Vec<u8> {
+    encode(
+        &cols
+            .iter()
+            .map(|&c| row.get(c).unwrap_or(&Value::Null))
+            .collect::<Vec<_>>(),
+    )
 }
 
 impl Node {
-    fn build(ast: &Ast, sources: &dyn Sources) -> Result<Node, TreeError> {
+    fn build(
+        ast: &Ast,
+        constraint: Vec<(usize, Value)>,
+        sources: &dyn Sources,
+    ) -> Result<Node, TreeError> {
         let source = sources
             .source(&ast.table)
             .ok_or_else(|| TreeError::UnknownTable(ast.table.clone()))?;
-        let mut level = ast.clone();
-        let related = level.related.take().unwrap_or_default();
-        let pipeline = Pipeline::build(&level, source).map_err(|e| TreeError::Build {
-            table: ast.table.clone(),
-            source: e,
-        })?;
+        let level = Level::compile(ast, sources)?;
+        let pipeline =
+            Pipeline::with_parts(ast, source.spec(), level.predicate.clone(), constraint).map_err(
+                |e| TreeError::Build {
+                    table: ast.table.clone(),
+                    source: e,
+                },
+            )?;
         let mut slots = Vec::new();
-        for r in &related {
-            slots.push(Self::slot(ast, r, source, sources)?);
+        for r in ast.related.iter().flatten() {
+            slots.push(Self::slot(ast, r, source.spec(), sources, None)?);
+        }
+        // The rows each condition's subquery matches are synced too (capped).
+        let mut conditions = Vec::new();
+        if let Some(w) = &ast.where_ {
+            collect_subqueries(w, &mut conditions);
+        }
+        for r in conditions {
+            let cap = if r.system == Some(System::Permissions) {
+                PERMISSIONS_EXISTS_LIMIT
+            } else {
+                EXISTS_LIMIT
+            };
+            slots.push(Self::slot(ast, r, source.spec(), sources, Some(cap))?);
         }
         Ok(Node {
-            table: ast.table.clone(),
+            level,
             pipeline,
-            key: source.spec().key.clone(),
             rows: BTreeMap::new(),
             slots,
         })
@@ -124,40 +396,37 @@ impl Node {
     fn slot(
         parent: &Ast,
         r: &CorrelatedSubquery,
-        parent_source: &dyn Source,
+        parent_spec: &TableSpec,
         sources: &dyn Sources,
+        cap: Option<u64>,
     ) -> Result<Slot, TreeError> {
-        let child_source = sources
-            .source(&r.subquery.table)
-            .ok_or_else(|| TreeError::UnknownTable(r.subquery.table.clone()))?;
-        let bad = || TreeError::Correlation {
-            parent: parent.table.clone(),
-            child: r.subquery.table.clone(),
-        };
-        let parent_cols =
-            column_positions(parent_source, &r.correlation.parent_field).ok_or_else(bad)?;
-        let child_cols =
-            column_positions(child_source, &r.correlation.child_field).ok_or_else(bad)?;
-        if parent_cols.len() != child_cols.len() || parent_cols.is_empty() {
-            return Err(bad());
+        let (parent_cols, child_cols) = correlation_columns(parent, r, parent_spec, sources)?;
+        let mut subquery = (*r.subquery).clone();
+        if let Some(cap) = cap {
+            subquery.limit = Some(subquery.limit.map_or(cap, |l| l.min(cap)));
         }
         Ok(Slot {
             parent_cols,
             child_cols,
             child_table: r.subquery.table.clone(),
-            subquery: (*r.subquery).clone(),
+            subquery,
             partitions: BTreeMap::new(),
         })
     }
 
+    fn table(&self) -> &str {
+        &self.level.table
+    }
+
     fn row_key(&self, row: &[Value]) -> Vec<u8> {
-        encode(
-            &self
-                .key
-                .iter()
-                .map(|&k| row.get(k).unwrap_or(&Value::Null))
-                .collect::<Vec<_>>(),
-        )
+        encode_cols(row, &self.level.key)
+    }
+
+    /// True when `row` belongs to this node's query in the state `sources` shows.
+    fn admits(&self, row: &[Value], sources: &dyn Sources) -> Result<bool, SourceError> {
+        let level = &self.level;
+        self.pipeline
+            .admits(row, &mut |i, r| level.holds(i, r, sources))
     }
 
     fn hydrate(
@@ -165,10 +434,12 @@ impl Node {
         sources: &dyn Sources,
         out: &mut Vec<TreeOutput>,
     ) -> Result<(), TreeError> {
-        let source = sources
-            .source(&self.table)
-            .ok_or_else(|| TreeError::UnknownTable(self.table.clone()))?;
-        for row in self.pipeline.hydrate(source)? {
+        let source = source_of(sources, self.table())?;
+        let level = &self.level;
+        let rows = self
+            .pipeline
+            .hydrate_with(source, &mut |i, r| level.holds(i, r, sources))?;
+        for row in rows {
             self.add_row(row, sources, out)?;
         }
         Ok(())
@@ -183,14 +454,14 @@ impl Node {
         for i in 0..self.slots.len() {
             self.acquire(i, &row, sources, out)?;
         }
-        out.push((self.table.clone(), RowChange::Add(row.clone())));
+        out.push((self.table().to_owned(), RowChange::Add(row.clone())));
         self.rows.insert(self.row_key(&row), row);
         Ok(())
     }
 
     fn remove_row(&mut self, row: &Row, out: &mut Vec<TreeOutput>) {
         self.rows.remove(&self.row_key(row));
-        out.push((self.table.clone(), RowChange::Remove(row.clone())));
+        out.push((self.table().to_owned(), RowChange::Remove(row.clone())));
         for i in 0..self.slots.len() {
             self.release(i, row, out);
         }
@@ -205,39 +476,20 @@ impl Node {
         out: &mut Vec<TreeOutput>,
     ) -> Result<(), TreeError> {
         let s = &mut self.slots[slot];
-        let values: Vec<&Value> = s
-            .parent_cols
-            .iter()
-            .map(|&c| parent.get(c).unwrap_or(&Value::Null))
-            .collect();
-        let key = encode(&values);
+        let key = encode_cols(parent, &s.parent_cols);
         if let Some(p) = s.partitions.get_mut(&key) {
             p.refs += 1;
             return Ok(());
         }
-        // The partition's query: the subquery AND child columns = the parent's values.
-        let child_source = sources
-            .source(&s.child_table)
-            .ok_or_else(|| TreeError::UnknownTable(s.child_table.clone()))?;
-        let mut ast = s.subquery.clone();
-        let mut conds: Vec<Condition> = ast.where_.take().into_iter().collect();
-        for (&cc, v) in s.child_cols.iter().zip(&values) {
-            let name = child_source
-                .spec()
-                .columns
-                .get(cc)
-                .map(|c| c.name.clone())
-                .unwrap_or_default();
-            conds.push(Condition::Simple {
-                op: SimpleOp::Eq,
-                left: ValuePosition::Column { name },
-                right: ValuePosition::Literal {
-                    value: json_literal(v),
-                },
-            });
-        }
-        ast.where_ = Some(Condition::And { conditions: conds });
-        let mut node = Node::build(&ast, sources)?;
+        // The partition: the subquery's rows whose child columns equal the parent's values
+        // (none when one of them is NULL).
+        let constraint: Vec<(usize, Value)> = s
+            .child_cols
+            .iter()
+            .zip(&s.parent_cols)
+            .map(|(&c, &p)| (c, parent.get(p).cloned().unwrap_or(Value::Null)))
+            .collect();
+        let mut node = Node::build(&s.subquery, constraint, sources)?;
         node.hydrate(sources, out)?;
         s.partitions.insert(key, Partition { refs: 1, node });
         Ok(())
@@ -245,12 +497,7 @@ impl Node {
 
     fn release(&mut self, slot: usize, parent: &Row, out: &mut Vec<TreeOutput>) {
         let s = &mut self.slots[slot];
-        let values: Vec<&Value> = s
-            .parent_cols
-            .iter()
-            .map(|&c| parent.get(c).unwrap_or(&Value::Null))
-            .collect();
-        let key = encode(&values);
+        let key = encode_cols(parent, &s.parent_cols);
         let drop_it = match s.partitions.get_mut(&key) {
             Some(p) => {
                 p.refs -= 1;
@@ -267,7 +514,7 @@ impl Node {
     fn clear(&mut self, out: &mut Vec<TreeOutput>) {
         let rows: Vec<Row> = std::mem::take(&mut self.rows).into_values().collect();
         for row in &rows {
-            out.push((self.table.clone(), RowChange::Remove(row.clone())));
+            out.push((self.table().to_owned(), RowChange::Remove(row.clone())));
         }
         for s in &mut self.slots {
             for (_, mut p) in std::mem::take(&mut s.partitions) {
@@ -283,29 +530,26 @@ impl Node {
         sources: &dyn Sources,
         out: &mut Vec<TreeOutput>,
     ) -> Result<(), TreeError> {
+        let (old, new) = match change {
+            RowChange::Add(r) => (None, Some(r)),
+            RowChange::Remove(r) => (Some(r), None),
+            RowChange::Edit { old, new } => (Some(old), Some(new)),
+        };
+        let changed: Vec<&Row> = old.into_iter().chain(new).collect();
         // Existing partitions first: ones created below hydrate with the change included.
         for s in &mut self.slots {
-            let keys: Vec<Vec<u8>> = if s.child_table == table {
-                // Only the partitions the old or new row correlates with can change at
-                // this level; deeper levels may read other tables, so those see every change.
-                let mut ks = Vec::new();
-                for row in match change {
-                    RowChange::Add(r) | RowChange::Remove(r) => vec![r],
-                    RowChange::Edit { old, new } => vec![old, new],
-                } {
-                    ks.push(encode(
-                        &s.child_cols
-                            .iter()
-                            .map(|&c| row.get(c).unwrap_or(&Value::Null))
-                            .collect::<Vec<_>>(),
-                    ));
-                }
-                let deep = s.partitions.values().any(|p| !p.node.slots.is_empty());
-                if deep {
-                    s.partitions.keys().cloned().collect()
-                } else {
-                    ks
-                }
+            let deep = s
+                .partitions
+                .values()
+                .any(|p| !p.node.slots.is_empty() || !p.node.level.reads.is_empty());
+            let keys: Vec<Vec<u8>> = if s.child_table == table && !deep {
+                // Only the partitions the old or new row correlates with can change.
+                let mut keys: Vec<Vec<u8>> = changed
+                    .iter()
+                    .map(|r| encode_cols(r, &s.child_cols))
+                    .collect();
+                keys.dedup();
+                keys
             } else {
                 s.partitions.keys().cloned().collect()
             };
@@ -315,26 +559,68 @@ impl Node {
                 }
             }
         }
-        if table != self.table {
+        let own = table == self.table();
+        let reads = self.level.reads.contains(table);
+        if !own && !reads {
             return Ok(());
         }
-        let source = sources
-            .source(&self.table)
-            .ok_or_else(|| TreeError::UnknownTable(self.table.clone()))?;
-        for c in self.pipeline.push(change, source)? {
-            match c {
-                RowChange::Add(row) => self.add_row(row, sources, out)?,
-                RowChange::Remove(row) => self.remove_row(&row, out),
-                RowChange::Edit { old, new } => {
-                    for i in 0..self.slots.len() {
-                        let pc = &self.slots[i].parent_cols;
-                        if pc.iter().any(|&c| old.get(c) != new.get(c)) {
-                            self.acquire(i, &new, sources, out)?;
-                            self.release(i, &old, out);
+        let source = source_of(sources, self.table())?;
+        let before = Before {
+            inner: sources,
+            table,
+            undo: Some(Undo {
+                inner: source_of(sources, table)?,
+                old,
+                new,
+            }),
+        };
+        // Membership changes: (old version if it belonged, new version if it belongs).
+        let mut flips: Vec<(Option<Row>, Option<Row>)> = Vec::new();
+        if own {
+            let was = match old {
+                Some(o) if self.admits(o, &before)? => Some(o.clone()),
+                _ => None,
+            };
+            let is = match new {
+                Some(n) if self.admits(n, sources)? => Some(n.clone()),
+                _ => None,
+            };
+            flips.push((was, is));
+        }
+        if reads {
+            for p in self.level.affected(table, &changed, sources)? {
+                if own && changed.iter().any(|c| same_key(&self.level.key, c, &p)) {
+                    continue;
+                }
+                let was = self.admits(&p, &before)?;
+                let is = self.admits(&p, sources)?;
+                if was != is {
+                    flips.push((was.then(|| p.clone()), is.then_some(p)));
+                }
+            }
+        }
+        for (was, is) in flips {
+            let level = &self.level;
+            let outs = self
+                .pipeline
+                .apply(was.as_ref(), is.as_ref(), source, &mut |i, r| {
+                    level.holds(i, r, sources)
+                })?;
+            for c in outs {
+                match c {
+                    RowChange::Add(row) => self.add_row(row, sources, out)?,
+                    RowChange::Remove(row) => self.remove_row(&row, out),
+                    RowChange::Edit { old, new } => {
+                        for i in 0..self.slots.len() {
+                            let pc = &self.slots[i].parent_cols;
+                            if pc.iter().any(|&c| old.get(c) != new.get(c)) {
+                                self.acquire(i, &new, sources, out)?;
+                                self.release(i, &old, out);
+                            }
                         }
+                        self.rows.insert(self.row_key(&new), new.clone());
+                        out.push((self.table().to_owned(), RowChange::Edit { old, new }));
                     }
-                    self.rows.insert(self.row_key(&new), new.clone());
-                    out.push((self.table.clone(), RowChange::Edit { old, new }));
                 }
             }
         }
@@ -342,7 +628,23 @@ impl Node {
     }
 }
 
-/// An incrementally maintained query with related subqueries.
+fn collect_subqueries<'a>(
+    cond: &'a zc_protocol::ast::Condition,
+    out: &mut Vec<&'a CorrelatedSubquery>,
+) {
+    use zc_protocol::ast::Condition;
+    match cond {
+        Condition::And { conditions } | Condition::Or { conditions } => {
+            for c in conditions {
+                collect_subqueries(c, out);
+            }
+        }
+        Condition::CorrelatedSubquery { related, .. } => out.push(related),
+        Condition::Simple { .. } => {}
+    }
+}
+
+/// An incrementally maintained query with related subqueries and subquery conditions.
 #[derive(Debug)]
 pub struct TreeQuery {
     root: Node,
@@ -352,7 +654,7 @@ impl TreeQuery {
     /// Builds the query's pipelines (no hydration yet).
     pub fn build(ast: &Ast, sources: &dyn Sources) -> Result<TreeQuery, TreeError> {
         Ok(TreeQuery {
-            root: Node::build(ast, sources)?,
+            root: Node::build(ast, Vec::new(), sources)?,
         })
     }
 
@@ -363,7 +665,8 @@ impl TreeQuery {
         Ok(out)
     }
 
-    /// Pushes a change to `table` (already applied to its source).
+    /// Pushes a change to `table`. `sources` must show the state right after this change
+    /// and before any later one (see [`Source`]).
     pub fn push(
         &mut self,
         table: &str,

@@ -8,7 +8,7 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use sqlx::Row as _;
 use zc_query::pipeline::{Pipeline, RowChange};
-use zc_query::{MemorySource, Source};
+use zc_query::{MemorySource, ScanRequest, Source};
 use zc_testkit::TestDb;
 use zc_types::{ColumnSpec, Row, TableName, TableSpec, TypeKind, Value};
 
@@ -234,9 +234,9 @@ async fn pipelines_match_postgres() {
         for _ in 0..rng.random_range(1..15) {
             let id = rng.random_range(0..18);
             let existing = source
-                .scan(&[], None)
+                .scan(&ScanRequest::default())
                 .expect("scan")
-                .into_iter()
+                .map(|r| r.expect("row"))
                 .find(|r| r[0] == Value::Int(id));
             let change = match (rng.random_range(0..3), existing) {
                 (0, Some(old)) => {

@@ -18,6 +18,7 @@
 //! ```
 
 pub mod oracle;
+pub mod regressions;
 
 use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU32, Ordering};
