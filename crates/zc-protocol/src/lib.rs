@@ -1,5 +1,7 @@
 //! Zero's wire types as the `@rocicorp/zero` 1.9.0 client and `@rocicorp/zero/server` speak
-//! them: the query [`ast`] and the query ids ([`hash`]). Serde only, no I/O.
+//! them: the query [`ast`], the query ids ([`hash`]), the WebSocket [`messages`] of sync
+//! protocol v51, and the [`connect`] request (URL parameters and the
+//! `Sec-WebSocket-Protocol` header). Serde only, no I/O.
 //!
 //! ```
 //! let json = r#"{"table":"issue","where":{"type":"simple","left":{"type":"column","name":"done"},"right":{"type":"literal","value":false},"op":"="},"orderBy":[["title","asc"]]}"#;
@@ -11,4 +13,6 @@
 #![warn(missing_docs, unreachable_pub)]
 
 pub mod ast;
+pub mod connect;
 pub mod hash;
+pub mod messages;

@@ -19,6 +19,7 @@
 
 pub mod oracle;
 pub mod regressions;
+pub mod trees;
 
 use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU32, Ordering};
