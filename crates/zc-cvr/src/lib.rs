@@ -1,0 +1,43 @@
+//! Client view records (CVR): what each client group has, so that a reconnecting client gets
+//! only what changed since its cookie.
+//!
+//! A [`Cvr`] is one group's record: its version (the cookie the group's clients converge
+//! to), its clients, the queries each client desires, the queries the group has ("got"),
+//! and every row it holds with a reference count per query. Every entry carries the
+//! version at which it last changed (its *patch version*), so the changes since any cookie
+//! are the entries patched after it ([`Cvr::changes_since`]).
+//!
+//! [`CvrStore`] keeps records in PostgreSQL (schema `"{app}_{shard}/zc_cvr"`), loads one
+//! group's record when the group becomes active, and writes each change set in one
+//! transaction that also checks the group's version and owner: a second server instance
+//! that takes a group over makes the first one's next flush fail with
+//! [`Error::OwnershipLost`], so two instances never both serve one group.
+#![warn(missing_docs, unreachable_pub)]
+
+mod record;
+mod store;
+mod version;
+
+pub use record::{Changes, Cvr, DesireRecord, QueryRecord, RowId, RowRecord};
+pub use store::CvrStore;
+pub use version::{CvrVersion, ParseCookieError};
+
+/// Errors of the CVR store.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// A database operation failed.
+    #[error("CVR database operation failed")]
+    Database(#[from] sqlx::Error),
+    /// Another server instance took the client group over.
+    #[error("client group {0} is now served by another instance")]
+    OwnershipLost(String),
+    /// The stored record is not what this version of zc writes.
+    #[error("CVR record of client group {group} is corrupt: {what}")]
+    Corrupt {
+        /// The client group.
+        group: String,
+        /// What is wrong.
+        what: String,
+    },
+}

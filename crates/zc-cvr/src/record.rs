@@ -1,0 +1,253 @@
+//! One client group's record, in memory.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use crate::version::CvrVersion;
+
+/// A row of the client group's view: its table (as queries name it) and its primary key
+/// as a JSON object of the key columns (the `id` of a row `del`).
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct RowId {
+    /// The table.
+    pub table: String,
+    /// The key, a JSON object text.
+    pub key: String,
+}
+
+/// A row the group holds (or held).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RowRecord {
+    /// References per query hash; empty once no query holds the row (a tombstone kept so
+    /// that clients at older cookies learn of the delete).
+    pub refs: BTreeMap<String, u32>,
+    /// When it last changed.
+    pub patch: CvrVersion,
+}
+
+/// A query of the group.
+#[derive(Debug, Clone, PartialEq)]
+pub struct QueryRecord {
+    /// The named query's name (none for an ad-hoc AST).
+    pub name: Option<String>,
+    /// The named query's arguments.
+    pub args: Option<serde_json::Value>,
+    /// The AST, for ad-hoc queries.
+    pub ast: Option<serde_json::Value>,
+    /// The group has all its rows.
+    pub got: bool,
+    /// No client desires it any more and its rows are gone.
+    pub deleted: bool,
+    /// When it last changed.
+    pub patch: CvrVersion,
+}
+
+/// A client's desire for a query.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DesireRecord {
+    /// Time to live after the client stops desiring it, in milliseconds.
+    pub ttl: Option<f64>,
+    /// The client no longer desires it.
+    pub deleted: bool,
+    /// When it last changed.
+    pub patch: CvrVersion,
+}
+
+/// What changed after a cookie: what a client at that cookie must be sent.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Changes {
+    /// `(client, query hash, desired)`.
+    pub desires: Vec<(String, String, bool)>,
+    /// `(query hash, got)`.
+    pub got: Vec<(String, bool)>,
+    /// `(row, present)`: present rows are sent whole, absent ones as deletes.
+    pub rows: Vec<(RowId, bool)>,
+}
+
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Dirty {
+    pub(crate) queries: BTreeSet<String>,
+    pub(crate) desires: BTreeSet<(String, String)>,
+    pub(crate) rows: BTreeSet<RowId>,
+    pub(crate) clients: BTreeSet<String>,
+}
+
+/// One client group's record.
+#[derive(Debug, Clone)]
+pub struct Cvr {
+    /// The client group.
+    pub group: String,
+    /// Its version: the cookie its clients converge to.
+    pub version: CvrVersion,
+    /// The version last written to the store (`None` before the first write).
+    pub(crate) stored_version: Option<CvrVersion>,
+    /// The user the group is pinned to.
+    pub user_id: Option<String>,
+    /// Its clients.
+    pub clients: BTreeSet<String>,
+    /// Its queries, by hash.
+    pub queries: BTreeMap<String, QueryRecord>,
+    /// Desires, by (client, hash).
+    pub desires: BTreeMap<(String, String), DesireRecord>,
+    /// Rows.
+    pub rows: BTreeMap<RowId, RowRecord>,
+    pub(crate) dirty: Dirty,
+}
+
+impl Cvr {
+    /// An empty record for a new group.
+    pub fn new(group: impl Into<String>) -> Cvr {
+        Cvr {
+            group: group.into(),
+            version: CvrVersion::default(),
+            stored_version: None,
+            user_id: None,
+            clients: BTreeSet::new(),
+            queries: BTreeMap::new(),
+            desires: BTreeMap::new(),
+            rows: BTreeMap::new(),
+            dirty: Dirty::default(),
+        }
+    }
+
+    /// True when nothing changed since the last write.
+    pub fn is_clean(&self) -> bool {
+        self.stored_version == Some(self.version)
+            && self.dirty.queries.is_empty()
+            && self.dirty.desires.is_empty()
+            && self.dirty.rows.is_empty()
+            && self.dirty.clients.is_empty()
+    }
+
+    /// Records a client of the group.
+    pub fn add_client(&mut self, client: &str) {
+        if self.clients.insert(client.to_owned()) {
+            self.dirty.clients.insert(client.to_owned());
+        }
+    }
+
+    /// A client desires a query (`at`: the version of this change).
+    pub fn desire(&mut self, client: &str, hash: &str, ttl: Option<f64>, at: CvrVersion) {
+        let key = (client.to_owned(), hash.to_owned());
+        if self
+            .desires
+            .get(&key)
+            .is_some_and(|d| !d.deleted && d.ttl == ttl)
+        {
+            return;
+        }
+        self.desires.insert(
+            key.clone(),
+            DesireRecord {
+                ttl,
+                deleted: false,
+                patch: at,
+            },
+        );
+        self.dirty.desires.insert(key);
+    }
+
+    /// A client no longer desires a query.
+    pub fn undesire(&mut self, client: &str, hash: &str, at: CvrVersion) {
+        let key = (client.to_owned(), hash.to_owned());
+        if let Some(d) = self.desires.get_mut(&key)
+            && !d.deleted
+        {
+            d.deleted = true;
+            d.patch = at;
+            self.dirty.desires.insert(key);
+        }
+    }
+
+    /// True when some client still desires the query.
+    pub fn is_desired(&self, hash: &str) -> bool {
+        self.desires
+            .iter()
+            .any(|((_, h), d)| h == hash && !d.deleted)
+    }
+
+    /// Adds or replaces a query.
+    pub fn put_query(&mut self, hash: &str, record: QueryRecord) {
+        self.queries.insert(hash.to_owned(), record);
+        self.dirty.queries.insert(hash.to_owned());
+    }
+
+    /// Marks a query as complete (`got`) or not.
+    pub fn set_got(&mut self, hash: &str, got: bool, at: CvrVersion) {
+        if let Some(q) = self.queries.get_mut(hash)
+            && q.got != got
+        {
+            q.got = got;
+            q.patch = at;
+            self.dirty.queries.insert(hash.to_owned());
+        }
+    }
+
+    /// Marks a query deleted (its rows must have been released).
+    pub fn delete_query(&mut self, hash: &str, at: CvrVersion) {
+        if let Some(q) = self.queries.get_mut(hash)
+            && !q.deleted
+        {
+            q.deleted = true;
+            q.got = false;
+            q.patch = at;
+            self.dirty.queries.insert(hash.to_owned());
+        }
+    }
+
+    /// Changes a row's reference count for a query by `delta`; returns whether the row is
+    /// held by any query afterwards.
+    pub fn adjust_row(&mut self, id: &RowId, hash: &str, delta: i64, at: CvrVersion) -> bool {
+        let record = self.rows.entry(id.clone()).or_insert_with(|| RowRecord {
+            refs: BTreeMap::new(),
+            patch: at,
+        });
+        let count = i64::from(record.refs.get(hash).copied().unwrap_or(0)) + delta;
+        if count <= 0 {
+            record.refs.remove(hash);
+        } else {
+            record
+                .refs
+                .insert(hash.to_owned(), u32::try_from(count).unwrap_or(u32::MAX));
+        }
+        record.patch = at;
+        self.dirty.rows.insert(id.clone());
+        !record.refs.is_empty()
+    }
+
+    /// Notes that a held row's contents changed.
+    pub fn touch_row(&mut self, id: &RowId, at: CvrVersion) {
+        if let Some(r) = self.rows.get_mut(id) {
+            r.patch = at;
+            self.dirty.rows.insert(id.clone());
+        }
+    }
+
+    /// True when some query holds the row.
+    pub fn holds(&self, id: &RowId) -> bool {
+        self.rows.get(id).is_some_and(|r| !r.refs.is_empty())
+    }
+
+    /// Everything that changed after `since` (everything for a new client: `None`).
+    pub fn changes_since(&self, since: Option<CvrVersion>) -> Changes {
+        let after = |v: &CvrVersion| since.is_none_or(|s| *v > s);
+        let mut out = Changes::default();
+        for ((client, hash), d) in &self.desires {
+            // A new client only needs live desires.
+            if after(&d.patch) && (since.is_some() || !d.deleted) {
+                out.desires.push((client.clone(), hash.clone(), !d.deleted));
+            }
+        }
+        for (hash, q) in &self.queries {
+            if after(&q.patch) && (since.is_some() || q.got) {
+                out.got.push((hash.clone(), q.got));
+            }
+        }
+        for (id, r) in &self.rows {
+            let present = !r.refs.is_empty();
+            if after(&r.patch) && (since.is_some() || present) {
+                out.rows.push((id.clone(), present));
+            }
+        }
+        out
+    }
+}

@@ -1,0 +1,302 @@
+//! The PostgreSQL store of client view records.
+
+use std::collections::BTreeMap;
+
+use sqlx::postgres::{PgPool, PgPoolOptions};
+use sqlx::{AssertSqlSafe, Row as _};
+
+use crate::Error;
+use crate::record::{Cvr, DesireRecord, QueryRecord, RowId, RowRecord};
+use crate::version::CvrVersion;
+
+/// Client view records in PostgreSQL.
+#[derive(Debug, Clone)]
+pub struct CvrStore {
+    pool: PgPool,
+    schema: String,
+    owner: String,
+}
+
+fn quote(ident: &str) -> String {
+    format!("\"{}\"", ident.replace('"', "\"\""))
+}
+
+fn corrupt(group: &str, what: impl Into<String>) -> Error {
+    Error::Corrupt {
+        group: group.to_owned(),
+        what: what.into(),
+    }
+}
+
+fn version(group: &str, cookie: &str) -> Result<CvrVersion, Error> {
+    CvrVersion::parse(cookie).map_err(|e| corrupt(group, e.to_string()))
+}
+
+impl CvrStore {
+    /// Connects (at most `max_connections`) and creates the schema
+    /// `"{app_id}_{shard_num}/zc_cvr"` and its tables if needed.
+    pub async fn connect(
+        url: &str,
+        app_id: &str,
+        shard_num: u32,
+        max_connections: u32,
+    ) -> Result<CvrStore, Error> {
+        let pool = PgPoolOptions::new()
+            .max_connections(max_connections.max(1))
+            .connect(url)
+            .await?;
+        let schema = quote(&format!("{app_id}_{shard_num}/zc_cvr"));
+        let owner = format!("{:016x}", rand::random::<u64>());
+        let store = CvrStore {
+            pool,
+            schema,
+            owner,
+        };
+        store.migrate().await?;
+        Ok(store)
+    }
+
+    /// The instance id this store writes as owner.
+    pub fn owner(&self) -> &str {
+        &self.owner
+    }
+
+    async fn migrate(&self) -> Result<(), Error> {
+        let s = &self.schema;
+        let mut tx = self.pool.begin().await?;
+        // Concurrent first starts must not race on CREATE SCHEMA.
+        sqlx::query("SELECT pg_advisory_xact_lock(hashtext($1))")
+            .bind(s)
+            .execute(&mut *tx)
+            .await?;
+        let ddl = format!(
+            "CREATE SCHEMA IF NOT EXISTS {s};
+             CREATE TABLE IF NOT EXISTS {s}.instances (
+               client_group_id text PRIMARY KEY, version text NOT NULL, owner text,
+               user_id text, last_active timestamptz NOT NULL DEFAULT now());
+             CREATE TABLE IF NOT EXISTS {s}.clients (
+               client_group_id text NOT NULL, client_id text NOT NULL,
+               PRIMARY KEY (client_group_id, client_id));
+             CREATE TABLE IF NOT EXISTS {s}.queries (
+               client_group_id text NOT NULL, query_hash text NOT NULL, name text, args jsonb,
+               ast jsonb, got bool NOT NULL, deleted bool NOT NULL, patch_version text NOT NULL,
+               PRIMARY KEY (client_group_id, query_hash));
+             CREATE TABLE IF NOT EXISTS {s}.desires (
+               client_group_id text NOT NULL, client_id text NOT NULL, query_hash text NOT NULL,
+               ttl float8, deleted bool NOT NULL, patch_version text NOT NULL,
+               PRIMARY KEY (client_group_id, client_id, query_hash));
+             CREATE TABLE IF NOT EXISTS {s}.rows (
+               client_group_id text NOT NULL, table_name text NOT NULL, row_key text NOT NULL,
+               refs jsonb NOT NULL, patch_version text NOT NULL,
+               PRIMARY KEY (client_group_id, table_name, row_key));"
+        );
+        sqlx::raw_sql(AssertSqlSafe(ddl)).execute(&mut *tx).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Loads a group's record and takes ownership of it (a new group gets an empty record).
+    pub async fn load(&self, group: &str) -> Result<Cvr, Error> {
+        let s = &self.schema;
+        let mut conn = self.pool.acquire().await?;
+        let row = sqlx::query(AssertSqlSafe(format!(
+            "INSERT INTO {s}.instances (client_group_id, version, owner) VALUES ($1, '00', $2)
+             ON CONFLICT (client_group_id) DO UPDATE SET owner = $2, last_active = now()
+             RETURNING version, user_id"
+        )))
+        .bind(group)
+        .bind(&self.owner)
+        .fetch_one(&mut *conn)
+        .await?;
+        let mut cvr = Cvr::new(group);
+        cvr.version = version(group, row.get::<&str, _>(0))?;
+        cvr.stored_version = Some(cvr.version);
+        cvr.user_id = row.get(1);
+        for r in sqlx::query(AssertSqlSafe(format!(
+            "SELECT client_id FROM {s}.clients WHERE client_group_id = $1"
+        )))
+        .bind(group)
+        .fetch_all(&mut *conn)
+        .await?
+        {
+            cvr.clients.insert(r.get(0));
+        }
+        for r in sqlx::query(AssertSqlSafe(format!(
+            "SELECT query_hash, name, args::text, ast::text, got, deleted, patch_version
+             FROM {s}.queries WHERE client_group_id = $1"
+        )))
+        .bind(group)
+        .fetch_all(&mut *conn)
+        .await?
+        {
+            let json = |i: usize| -> Result<Option<serde_json::Value>, Error> {
+                r.get::<Option<String>, _>(i)
+                    .map(|t| serde_json::from_str(&t).map_err(|e| corrupt(group, e.to_string())))
+                    .transpose()
+            };
+            cvr.queries.insert(
+                r.get(0),
+                QueryRecord {
+                    name: r.get(1),
+                    args: json(2)?,
+                    ast: json(3)?,
+                    got: r.get(4),
+                    deleted: r.get(5),
+                    patch: version(group, r.get::<&str, _>(6))?,
+                },
+            );
+        }
+        for r in sqlx::query(AssertSqlSafe(format!(
+            "SELECT client_id, query_hash, ttl, deleted, patch_version
+             FROM {s}.desires WHERE client_group_id = $1"
+        )))
+        .bind(group)
+        .fetch_all(&mut *conn)
+        .await?
+        {
+            cvr.desires.insert(
+                (r.get(0), r.get(1)),
+                DesireRecord {
+                    ttl: r.get(2),
+                    deleted: r.get(3),
+                    patch: version(group, r.get::<&str, _>(4))?,
+                },
+            );
+        }
+        for r in sqlx::query(AssertSqlSafe(format!(
+            "SELECT table_name, row_key, refs::text, patch_version
+             FROM {s}.rows WHERE client_group_id = $1"
+        )))
+        .bind(group)
+        .fetch_all(&mut *conn)
+        .await?
+        {
+            let refs: BTreeMap<String, u32> = serde_json::from_str(r.get::<&str, _>(2))
+                .map_err(|e| corrupt(group, e.to_string()))?;
+            cvr.rows.insert(
+                RowId {
+                    table: r.get(0),
+                    key: r.get(1),
+                },
+                RowRecord {
+                    refs,
+                    patch: version(group, r.get::<&str, _>(3))?,
+                },
+            );
+        }
+        Ok(cvr)
+    }
+
+    /// Writes what changed in `cvr` since it was loaded or last flushed, in one
+    /// transaction; fails with [`Error::OwnershipLost`] if another instance took the group.
+    pub async fn flush(&self, cvr: &mut Cvr) -> Result<(), Error> {
+        if cvr.is_clean() {
+            return Ok(());
+        }
+        let s = &self.schema;
+        let g = cvr.group.clone();
+        let mut tx = self.pool.begin().await?;
+        let updated = sqlx::query(AssertSqlSafe(format!(
+            "UPDATE {s}.instances SET version = $2, user_id = $3, last_active = now()
+             WHERE client_group_id = $1 AND owner = $4"
+        )))
+        .bind(&g)
+        .bind(cvr.version.cookie())
+        .bind(&cvr.user_id)
+        .bind(&self.owner)
+        .execute(&mut *tx)
+        .await?;
+        if updated.rows_affected() == 0 {
+            return Err(Error::OwnershipLost(g));
+        }
+        let dirty = std::mem::take(&mut cvr.dirty);
+        if !dirty.clients.is_empty() {
+            let ids: Vec<String> = dirty.clients.into_iter().collect();
+            sqlx::query(AssertSqlSafe(format!(
+                "INSERT INTO {s}.clients SELECT $1, c FROM UNNEST($2::text[]) AS c
+                 ON CONFLICT DO NOTHING"
+            )))
+            .bind(&g)
+            .bind(&ids)
+            .execute(&mut *tx)
+            .await?;
+        }
+        for hash in dirty.queries {
+            let Some(q) = cvr.queries.get(&hash) else {
+                continue;
+            };
+            sqlx::query(AssertSqlSafe(format!(
+                "INSERT INTO {s}.queries VALUES ($1, $2, $3, $4::jsonb, $5::jsonb, $6, $7, $8)
+                 ON CONFLICT (client_group_id, query_hash) DO UPDATE SET name = $3,
+                 args = $4::jsonb, ast = $5::jsonb, got = $6, deleted = $7, patch_version = $8"
+            )))
+            .bind(&g)
+            .bind(&hash)
+            .bind(&q.name)
+            .bind(q.args.as_ref().map(|a| a.to_string()))
+            .bind(q.ast.as_ref().map(|a| a.to_string()))
+            .bind(q.got)
+            .bind(q.deleted)
+            .bind(q.patch.cookie())
+            .execute(&mut *tx)
+            .await?;
+        }
+        if !dirty.desires.is_empty() {
+            let (mut clients, mut hashes, mut ttls, mut deleted, mut patches) =
+                (vec![], vec![], vec![], vec![], vec![]);
+            for key in dirty.desires {
+                if let Some(d) = cvr.desires.get(&key) {
+                    clients.push(key.0);
+                    hashes.push(key.1);
+                    ttls.push(d.ttl);
+                    deleted.push(d.deleted);
+                    patches.push(d.patch.cookie());
+                }
+            }
+            sqlx::query(AssertSqlSafe(format!(
+                "INSERT INTO {s}.desires
+                 SELECT $1, * FROM UNNEST($2::text[], $3::text[], $4::float8[], $5::bool[], $6::text[])
+                 ON CONFLICT (client_group_id, client_id, query_hash) DO UPDATE SET
+                 ttl = EXCLUDED.ttl, deleted = EXCLUDED.deleted, patch_version = EXCLUDED.patch_version"
+            )))
+            .bind(&g)
+            .bind(&clients)
+            .bind(&hashes)
+            .bind(&ttls)
+            .bind(&deleted)
+            .bind(&patches)
+            .execute(&mut *tx)
+            .await?;
+        }
+        if !dirty.rows.is_empty() {
+            let (mut tables, mut keys, mut refs, mut patches) = (vec![], vec![], vec![], vec![]);
+            for id in dirty.rows {
+                if let Some(r) = cvr.rows.get(&id) {
+                    refs.push(serde_json::to_string(&r.refs).unwrap_or_else(|_| "{}".into()));
+                    patches.push(r.patch.cookie());
+                    tables.push(id.table);
+                    keys.push(id.key);
+                }
+            }
+            for chunk in (0..tables.len()).collect::<Vec<_>>().chunks(10_000) {
+                let (a, b) = (chunk[0], chunk[chunk.len() - 1] + 1);
+                sqlx::query(AssertSqlSafe(format!(
+                    "INSERT INTO {s}.rows
+                     SELECT $1, t, k, r::jsonb, p FROM UNNEST($2::text[], $3::text[], $4::text[], $5::text[]) AS u(t, k, r, p)
+                     ON CONFLICT (client_group_id, table_name, row_key) DO UPDATE SET
+                     refs = EXCLUDED.refs, patch_version = EXCLUDED.patch_version"
+                )))
+                .bind(&g)
+                .bind(&tables[a..b])
+                .bind(&keys[a..b])
+                .bind(&refs[a..b])
+                .bind(&patches[a..b])
+                .execute(&mut *tx)
+                .await?;
+            }
+        }
+        tx.commit().await?;
+        cvr.stored_version = Some(cvr.version);
+        Ok(())
+    }
+}
