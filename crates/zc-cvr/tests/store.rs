@@ -15,7 +15,7 @@ fn row(key: &str) -> RowId {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn records_round_trip_and_catch_up_from_a_cookie() {
     let db = TestDb::new().await;
-    let store = CvrStore::connect(&db.url(), "zero", 0, 2)
+    let store = CvrStore::connect(db.url(), "zero", 0, 2)
         .await
         .expect("store");
     let mut cvr = store.load("g1").await.expect("load");
@@ -72,10 +72,10 @@ async fn records_round_trip_and_catch_up_from_a_cookie() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_second_instance_takes_a_group_over() {
     let db = TestDb::new().await;
-    let first = CvrStore::connect(&db.url(), "zero", 0, 2)
+    let first = CvrStore::connect(db.url(), "zero", 0, 2)
         .await
         .expect("store");
-    let second = CvrStore::connect(&db.url(), "zero", 0, 2)
+    let second = CvrStore::connect(db.url(), "zero", 0, 2)
         .await
         .expect("store");
     let mut mine = first.load("g").await.expect("load");
