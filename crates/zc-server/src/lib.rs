@@ -1,5 +1,6 @@
 //! The composition root of zc: [`Config`] (the `ZERO_*` environment variables of zero-cache
-//! and matching flags) and [`run`], which wires replication into the replica.
+//! and matching flags) and [`run`], which wires replication into the replica and, once the
+//! initial sync is complete, serves clients (CVR store, view syncer, WebSocket transport).
 //!
 //! With no `ZERO_UPSTREAM_DB`, zc starts a throwaway local PostgreSQL (`wal_level=logical`)
 //! and replicates from it: the embedded default, for trying zc out.
@@ -9,8 +10,11 @@ use std::path::PathBuf;
 
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
+use zc_cvr::CvrStore;
 use zc_pg_embed::{EmbeddedPostgres, PgOptions};
 use zc_replica::Replica;
+use zc_sync::forward::Endpoints;
+use zc_sync::{SyncConfig, Syncer};
 use zc_wal::{Replicator, WalConfig};
 
 /// zc's configuration: the same names and defaults as zero-cache 1.9.0.
@@ -65,6 +69,95 @@ pub struct Config {
     /// Log level: debug, info, warn or error.
     #[arg(long = "log-level", env = "ZERO_LOG_LEVEL", default_value = "info")]
     pub log_level: String,
+    /// Sync workers. zc serves every client group from one process on a multi-threaded
+    /// runtime; this sets the runtime's worker threads (0: one per core).
+    #[arg(
+        long = "num-sync-workers",
+        env = "ZERO_NUM_SYNC_WORKERS",
+        default_value_t = 0
+    )]
+    pub num_sync_workers: usize,
+    /// Connections to the upstream database (initial copy workers are bounded by it).
+    #[arg(
+        long = "upstream-max-conns",
+        env = "ZERO_UPSTREAM_MAX_CONNS",
+        default_value_t = 20
+    )]
+    pub upstream_max_conns: u32,
+    /// Connections to the CVR database.
+    #[arg(
+        long = "cvr-max-conns",
+        env = "ZERO_CVR_MAX_CONNS",
+        default_value_t = 30
+    )]
+    pub cvr_max_conns: u32,
+    /// URL(s) of the app's named-query endpoint (comma-separated; the first is used).
+    #[arg(long = "query-url", env = "ZERO_QUERY_URL", value_delimiter = ',')]
+    pub query_url: Vec<String>,
+    /// URL(s) of the app's custom-mutation endpoint (comma-separated; the first is used).
+    #[arg(long = "mutate-url", env = "ZERO_MUTATE_URL", value_delimiter = ',')]
+    pub mutate_url: Vec<String>,
+    /// Forward the client's cookies to the query endpoint.
+    #[arg(long = "query-forward-cookies", env = "ZERO_QUERY_FORWARD_COOKIES", default_value_t = false, action = clap::ArgAction::Set)]
+    pub query_forward_cookies: bool,
+    /// Forward the client's cookies to the mutate endpoint.
+    #[arg(long = "mutate-forward-cookies", env = "ZERO_MUTATE_FORWARD_COOKIES", default_value_t = false, action = clap::ArgAction::Set)]
+    pub mutate_forward_cookies: bool,
+    /// API key sent as X-Api-Key to the query endpoint.
+    #[arg(long = "query-api-key", env = "ZERO_QUERY_API_KEY")]
+    pub query_api_key: Option<String>,
+    /// API key sent as X-Api-Key to the mutate endpoint.
+    #[arg(long = "mutate-api-key", env = "ZERO_MUTATE_API_KEY")]
+    pub mutate_api_key: Option<String>,
+    /// Password of the admin endpoints (accepted; zc has no admin endpoints yet).
+    #[arg(long = "admin-password", env = "ZERO_ADMIN_PASSWORD")]
+    pub admin_password: Option<String>,
+}
+
+/// The `ZERO_*` variables zc reads; any other one is reported at start-up.
+const KNOWN_ENV: &[&str] = &[
+    "ZERO_UPSTREAM_DB",
+    "ZERO_CVR_DB",
+    "ZERO_CHANGE_DB",
+    "ZERO_REPLICA_FILE",
+    "ZERO_PORT",
+    "ZERO_APP_ID",
+    "ZERO_APP_PUBLICATIONS",
+    "ZERO_SHARD_NUM",
+    "ZERO_INITIAL_SYNC_TABLE_COPY_WORKERS",
+    "ZERO_LOG_LEVEL",
+    "ZERO_NUM_SYNC_WORKERS",
+    "ZERO_UPSTREAM_MAX_CONNS",
+    "ZERO_CVR_MAX_CONNS",
+    "ZERO_QUERY_URL",
+    "ZERO_MUTATE_URL",
+    "ZERO_QUERY_FORWARD_COOKIES",
+    "ZERO_MUTATE_FORWARD_COOKIES",
+    "ZERO_QUERY_API_KEY",
+    "ZERO_MUTATE_API_KEY",
+    "ZERO_ADMIN_PASSWORD",
+];
+
+/// Reports `ZERO_*` settings zc does not support (yet) instead of ignoring them silently.
+fn report_unsupported_env() {
+    for (name, _) in std::env::vars() {
+        if name.starts_with("ZERO_") && !KNOWN_ENV.contains(&name.as_str()) {
+            warn!(setting = %name, "this zero-cache setting is not supported by zc yet and is ignored");
+        }
+    }
+}
+
+static METRICS: std::sync::OnceLock<Option<metrics_exporter_prometheus::PrometheusHandle>> =
+    std::sync::OnceLock::new();
+
+fn metrics_handle() -> Option<metrics_exporter_prometheus::PrometheusHandle> {
+    METRICS
+        .get_or_init(|| {
+            metrics_exporter_prometheus::PrometheusBuilder::new()
+                .install_recorder()
+                .ok()
+        })
+        .clone()
 }
 
 /// Errors of the server.
@@ -83,6 +176,18 @@ pub enum Error {
     /// Replication failed for good.
     #[error("replication failed")]
     Replication(#[source] zc_wal::Error),
+    /// The CVR database cannot be used.
+    #[error("could not set up the client view records (ZERO_CVR_DB)")]
+    Cvr(#[source] zc_cvr::Error),
+    /// The sync port cannot be opened.
+    #[error("could not listen on {addr}")]
+    Listen {
+        /// The address.
+        addr: std::net::SocketAddr,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 impl Error {
@@ -119,11 +224,13 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Erro
             url
         }
     };
-    if config.cvr_db.is_some() || config.change_db.is_some() {
-        warn!(
-            "ZERO_CVR_DB / ZERO_CHANGE_DB are accepted but not used yet: this zc build replicates only"
+    report_unsupported_env();
+    if config.change_db.is_some() {
+        info!(
+            "ZERO_CHANGE_DB is accepted for compatibility: zc keeps its change log in the replica"
         );
     }
+    let cvr_url = config.cvr_db.clone().unwrap_or_else(|| upstream.clone());
     let wal = WalConfig::new(upstream)
         .with_app_id(config.app_id.clone())
         .with_shard_num(config.shard_num)
@@ -136,17 +243,108 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Erro
                 .collect(),
         );
     let wal = WalConfig {
-        copy_workers: config.initial_sync_table_copy_workers.max(1),
+        copy_workers: config
+            .initial_sync_table_copy_workers
+            .clamp(1, config.upstream_max_conns.max(1) as usize),
         ..wal
     };
     wal.validate().map_err(Error::Replication)?;
     let replica = Replica::open(&config.replica_file).map_err(Error::Replica)?;
     info!(replica = %config.replica_file.display(), "replica opened");
-    let replicator = Replicator::new(wal, replica);
+    let replicator = Replicator::new(wal, replica.clone());
     replicator.preflight().await.map_err(Error::Replication)?;
-    replicator.run(shutdown).await.map_err(Error::Replication)?;
+    let mut replication = zc_types::task::spawn_named("replicator", {
+        let shutdown = shutdown.clone();
+        async move { replicator.run(shutdown).await }
+    });
+
+    // Serve once the replica holds a complete initial sync.
+    let mut versions = replica.subscribe();
+    loop {
+        let ready = replica
+            .snapshot()
+            .ok()
+            .and_then(|s| s.watermark().ok().flatten())
+            .is_some();
+        if ready {
+            break;
+        }
+        tokio::select! {
+            _ = versions.changed() => {}
+            _ = tokio::time::sleep(std::time::Duration::from_millis(500)) => {}
+            r = &mut replication => return finish_replication(r),
+            _ = shutdown.cancelled() => return finish_replication(replication.await),
+        }
+    }
+    let cvr = CvrStore::connect(
+        &cvr_url,
+        &config.app_id,
+        config.shard_num,
+        config.cvr_max_conns,
+    )
+    .await
+    .map_err(Error::Cvr)?;
+    let syncer = Syncer::new(
+        SyncConfig {
+            app_id: config.app_id.clone(),
+            shard_num: config.shard_num,
+            endpoints: Endpoints {
+                query_urls: config
+                    .query_url
+                    .iter()
+                    .filter(|u| !u.is_empty())
+                    .cloned()
+                    .collect(),
+                mutate_urls: config
+                    .mutate_url
+                    .iter()
+                    .filter(|u| !u.is_empty())
+                    .cloned()
+                    .collect(),
+                query_api_key: config.query_api_key.clone(),
+                mutate_api_key: config.mutate_api_key.clone(),
+                query_forward_cookies: config.query_forward_cookies,
+                mutate_forward_cookies: config.mutate_forward_cookies,
+                schema: format!("{}_{}", config.app_id, config.shard_num),
+                app_id: config.app_id.clone(),
+            },
+        },
+        replica,
+        cvr,
+    );
+    let addr = std::net::SocketAddr::from(([0, 0, 0, 0], config.port));
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|source| Error::Listen { addr, source })?;
+    info!(%addr, "zc is serving /sync/v51/connect");
+    let handle = metrics_handle();
+    let render: zc_transport::MetricsRender = std::sync::Arc::new(move || {
+        handle
+            .as_ref()
+            .map(|h| {
+                h.run_upkeep();
+                h.render()
+            })
+            .unwrap_or_default()
+    });
+    let server = zc_types::task::spawn_named(
+        "transport",
+        zc_transport::serve(listener, syncer, render, shutdown.clone().cancelled_owned()),
+    );
+    let result = finish_replication(replication.await);
+    shutdown.cancel();
+    let _ = server.await;
     info!("zc stopped");
-    Ok(())
+    result
+}
+
+fn finish_replication(
+    r: Result<Result<(), zc_wal::Error>, tokio::task::JoinError>,
+) -> Result<(), Error> {
+    match r {
+        Ok(r) => r.map_err(Error::Replication),
+        Err(e) => Err(Error::Config(format!("replication task failed: {e}"))),
+    }
 }
 
 /// Cancels `token` on SIGINT or SIGTERM.

@@ -6,9 +6,13 @@
 #![warn(missing_docs, unreachable_pub)]
 
 mod diff;
+pub mod forward;
+mod group;
+mod service;
 mod source;
 
 pub use diff::{Advance, diff};
+pub use service::{ClientHandle, Connection, SyncConfig, Syncer};
 pub use source::SnapshotSources;
 
 /// Errors of the view syncer.

@@ -1,0 +1,1152 @@
+//! One client group: an actor that owns the group's CVR, its query pipelines and its
+//! connected clients.
+//!
+//! Order per change: advance the pipelines → flush the CVR → poke the clients, so that a
+//! client never sees a cookie the CVR does not have. Every poke a client gets is "what
+//! changed in the CVR after the client's cookie" ([`Cvr::changes_since`]), which is also
+//! how a reconnecting client catches up from an old cookie.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::Value as Json;
+use tokio::sync::mpsc;
+use zc_cvr::{Cvr, CvrVersion, QueryRecord, RowId};
+use zc_protocol::ast::Ast;
+use zc_protocol::messages::{
+    ChangeDesiredQueriesBody, Downstream, ErrorBody, ErroredQuery, InitConnectionBody, Mutation,
+    MutationId, MutationPatchOp, MutationResponse, MutationResult, PokeEndBody, PokePartBody,
+    PokeStartBody, PushBody, QueriesPatchOp, RowPatchOp, UpQueriesPatchOp, Upstream, WireRow,
+};
+use zc_query::pipeline::RowChange;
+use zc_query::tree::TreeQuery;
+use zc_query::{ScanRequest, Sources};
+use zc_types::{Lsn, Row, TableName, Value};
+
+use crate::forward::{Credentials, NamedQuery, Transformed};
+use crate::service::{Connection, Shared};
+use crate::{Advance, SnapshotSources, diff};
+
+/// Messages to a group actor.
+#[derive(Debug)]
+pub(crate) enum GroupMsg {
+    Connect {
+        conn: Box<Connection>,
+        out: mpsc::Sender<Downstream>,
+        conn_id: u64,
+    },
+    Upstream {
+        client: String,
+        conn_id: u64,
+        msg: Box<Upstream>,
+    },
+    Disconnect {
+        client: String,
+        conn_id: u64,
+    },
+}
+
+#[derive(Debug)]
+struct Client {
+    conn_id: u64,
+    out: mpsc::Sender<Downstream>,
+    creds: Credentials,
+    /// The cookie the client has (as it knows it).
+    cookie: Option<String>,
+}
+
+/// Rows pushed out of pipelines in one step, folded per row.
+#[derive(Debug, Default)]
+struct Folded {
+    /// Rows whose contents changed (latest value).
+    values: BTreeMap<RowId, Row>,
+}
+
+/// Per-step changes of the shard tables: LMIDs and mutation results of this group.
+#[derive(Debug, Default)]
+struct Meta {
+    lmids: BTreeMap<String, u64>,
+    mutations: Vec<MutationPatchOp>,
+}
+
+impl Meta {
+    fn is_empty(&self) -> bool {
+        self.lmids.is_empty() && self.mutations.is_empty()
+    }
+}
+
+pub(crate) struct Group {
+    shared: Arc<Shared>,
+    id: String,
+    cvr: Cvr,
+    sources: SnapshotSources,
+    version: Lsn,
+    clients: BTreeMap<String, Client>,
+    live: BTreeMap<String, TreeQuery>,
+    /// The AST each live query runs.
+    resolved: HashMap<String, Ast>,
+    /// The current value of every row the group holds.
+    values: HashMap<RowId, Row>,
+    /// The CVR's queries have been hydrated into pipelines since the group was loaded.
+    resumed: bool,
+    poke_seq: u64,
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+impl Group {
+    /// Runs the actor until it has had no clients for a while.
+    pub(crate) async fn run(shared: Arc<Shared>, id: String, mut rx: mpsc::Receiver<GroupMsg>) {
+        let cvr = match shared.cvr.load(&id).await {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::error!(group = %id, error = %e, "could not load the client view record");
+                // Tell whoever is waiting.
+                while let Ok(msg) = rx.try_recv() {
+                    if let GroupMsg::Connect { out, .. } = msg {
+                        let _ = out
+                            .send(Downstream::Error(ErrorBody::internal(format!(
+                                "could not load the client view record: {e}"
+                            ))))
+                            .await;
+                    }
+                }
+                return;
+            }
+        };
+        let snapshot = match shared.replica.snapshot() {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::error!(group = %id, error = %e, "could not read the replica");
+                return;
+            }
+        };
+        let version = snapshot.version().unwrap_or_default();
+        let sources = match SnapshotSources::new(snapshot) {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::error!(group = %id, error = %e, "could not read the replica");
+                return;
+            }
+        };
+        let mut group = Group {
+            shared: Arc::clone(&shared),
+            id,
+            cvr,
+            sources,
+            version,
+            clients: BTreeMap::new(),
+            live: BTreeMap::new(),
+            resolved: HashMap::new(),
+            values: HashMap::new(),
+            resumed: false,
+            poke_seq: 0,
+        };
+        let mut versions = shared.replica.subscribe();
+        let idle = Duration::from_secs(30);
+        loop {
+            tokio::select! {
+                msg = rx.recv() => match msg {
+                    Some(msg) => group.handle(msg).await,
+                    None => break,
+                },
+                changed = versions.changed() => {
+                    if changed.is_err() {
+                        break;
+                    }
+                    if let Err(e) = group.advance().await {
+                        group.fail(e).await;
+                    }
+                }
+                _ = tokio::time::sleep(idle), if group.clients.is_empty() => {
+                    // Idle: leave; the service starts a new actor on the next connect.
+                    rx.close();
+                    while let Ok(msg) = rx.try_recv() {
+                        group.handle(msg).await;
+                    }
+                    if group.clients.is_empty() {
+                        break;
+                    }
+                }
+            }
+        }
+        shared.forget(&group.id);
+    }
+
+    async fn handle(&mut self, msg: GroupMsg) {
+        let result = match msg {
+            GroupMsg::Connect { conn, out, conn_id } => self.connect(*conn, out, conn_id).await,
+            GroupMsg::Upstream {
+                client,
+                conn_id,
+                msg,
+            } => {
+                if self
+                    .clients
+                    .get(&client)
+                    .is_some_and(|c| c.conn_id == conn_id)
+                {
+                    self.upstream(&client, *msg).await
+                } else {
+                    Ok(())
+                }
+            }
+            GroupMsg::Disconnect { client, conn_id } => {
+                if self
+                    .clients
+                    .get(&client)
+                    .is_some_and(|c| c.conn_id == conn_id)
+                {
+                    self.clients.remove(&client);
+                }
+                Ok(())
+            }
+        };
+        if let Err(e) = result {
+            self.fail(e).await;
+        }
+    }
+
+    /// A failure of the group itself (CVR or replica): every client gets the error.
+    async fn fail(&mut self, e: ErrorBody) {
+        tracing::warn!(group = %self.id, error = ?e, "client group failed");
+        for (_, c) in std::mem::take(&mut self.clients) {
+            let _ = c.out.send(Downstream::Error(e.clone())).await;
+        }
+        // Start over from the stored record on the next connect.
+        if let Ok(cvr) = self.shared.cvr.load(&self.id).await {
+            self.cvr = cvr;
+        }
+        self.live.clear();
+        self.resolved.clear();
+        self.values.clear();
+        self.resumed = false;
+    }
+
+    async fn send_error(&mut self, client: &str, e: ErrorBody) {
+        if let Some(c) = self.clients.remove(client) {
+            let _ = c.out.send(Downstream::Error(e)).await;
+        }
+    }
+
+    async fn connect(
+        &mut self,
+        conn: Connection,
+        out: mpsc::Sender<Downstream>,
+        conn_id: u64,
+    ) -> Result<(), ErrorBody> {
+        let client = conn.client_id.clone();
+        // The cookie must be one this group has been at.
+        let base = match conn.base_cookie.as_deref() {
+            None | Some("") => None,
+            Some(c) => match CvrVersion::parse(c) {
+                Ok(v) if v <= self.cvr.version => Some(v),
+                _ => {
+                    let _ = out
+                        .send(Downstream::Error(
+                            ErrorBody::invalid_connection_request_base_cookie(format!(
+                                "Client group {} has no cookie {c}; the server is at {}",
+                                self.id, self.cvr.version
+                            )),
+                        ))
+                        .await;
+                    return Ok(());
+                }
+            },
+        };
+        if let (Some(pinned), Some(user)) = (&self.cvr.user_id, &conn.user_id)
+            && pinned != user
+        {
+            let _ = out
+                .send(Downstream::Error(ErrorBody::unauthorized(
+                    "Client groups are pinned to a single userID. Client group has userID "
+                        .to_owned()
+                        + pinned
+                        + " but connection has userID "
+                        + user,
+                )))
+                .await;
+            return Ok(());
+        }
+        if self.cvr.user_id.is_none() {
+            self.cvr.user_id.clone_from(&conn.user_id);
+        }
+        let creds = Credentials {
+            token: conn.auth.clone(),
+            cookie: conn.cookie_header.clone(),
+            origin: conn.origin.clone(),
+            user_id: conn.user_id.clone(),
+        };
+        // A new connection's credential is checked by the query endpoint first, as
+        // zero-cache does with an empty transform request.
+        if creds.token.is_some()
+            && self.shared.forwarder.has_query_url()
+            && let Err(e) = self.shared.forwarder.transform(&creds, &[]).await
+        {
+            let _ = out.send(Downstream::Error(e)).await;
+            return Ok(());
+        }
+        if let Some(old) = self.clients.insert(
+            client.clone(),
+            Client {
+                conn_id,
+                out,
+                creds,
+                cookie: base.map(|v| v.cookie()),
+            },
+        ) {
+            let _ = old
+                .out
+                .send(Downstream::Error(ErrorBody::invalid_connection_request(
+                    "replaced by a newer connection of the same client",
+                )))
+                .await;
+        }
+        self.cvr.add_client(&client);
+        self.resume().await?;
+        let patch = conn
+            .init
+            .map(|i: InitConnectionBody| i.desired_queries_patch)
+            .unwrap_or_default();
+        self.change_queries(&client, patch).await?;
+        let meta = self.full_meta(&client);
+        self.commit().await?;
+        self.poke_all(&meta, Some(&client)).await;
+        Ok(())
+    }
+
+    async fn upstream(&mut self, client: &str, msg: Upstream) -> Result<(), ErrorBody> {
+        match msg {
+            Upstream::ChangeDesiredQueries(ChangeDesiredQueriesBody {
+                desired_queries_patch,
+                ..
+            }) => {
+                self.change_queries(client, desired_queries_patch).await?;
+                self.commit().await?;
+                self.poke_all(&Meta::default(), None).await;
+            }
+            Upstream::Push(push) => self.push(client, push).await,
+            Upstream::UpdateAuth(body) => {
+                if let Some(c) = self.clients.get_mut(client) {
+                    c.creds.token = Some(body.auth).filter(|t| !t.is_empty());
+                }
+            }
+            Upstream::AckMutationResponses(id) => {
+                let creds = self.creds(client);
+                let forwarder = self.shared.forwarder.clone();
+                let group = self.id.clone();
+                zc_types::task::spawn_named("mutation-cleanup", async move {
+                    forwarder
+                        .cleanup(&creds, &group, &id.client_id, id.id)
+                        .await;
+                });
+            }
+            Upstream::InitConnection(_) => {
+                self.send_error(
+                    client,
+                    ErrorBody::invalid_message("initConnection was already received"),
+                )
+                .await;
+            }
+            // Handled by the transport (ping), or not needed by the 1.9.0 client.
+            Upstream::Ping
+            | Upstream::Pull(_)
+            | Upstream::DeleteClients(_)
+            | Upstream::Inspect(_)
+            | Upstream::CloseConnection(_) => {}
+            _ => {}
+        }
+        Ok(())
+    }
+
+    fn creds(&self, client: &str) -> Credentials {
+        self.clients
+            .get(client)
+            .map(|c| c.creds.clone())
+            .unwrap_or_default()
+    }
+
+    async fn push(&mut self, client: &str, push: PushBody) {
+        if push.client_group_id != self.id {
+            self.send_error(
+                client,
+                ErrorBody::invalid_push("push for another client group"),
+            )
+            .await;
+            return;
+        }
+        if push
+            .mutations
+            .iter()
+            .any(|m| matches!(m, Mutation::Crud(_)))
+        {
+            self.send_error(
+                client,
+                ErrorBody::invalid_push("CRUD mutations are not supported by this server yet"),
+            )
+            .await;
+            return;
+        }
+        // Forwarded in order: the next push of this connection waits for this one.
+        let creds = self.creds(client);
+        if let Err(e) = self.shared.forwarder.push(&creds, &push).await {
+            let ids: BTreeSet<String> = push.mutations.iter().map(|m| m.id().client_id).collect();
+            for id in ids {
+                self.send_error(&id, e.clone()).await;
+            }
+        }
+    }
+
+    fn next_version(&self) -> CvrVersion {
+        self.cvr.version.advance_to(self.version)
+    }
+
+    /// Writes the CVR (before any client sees its new version).
+    async fn commit(&mut self) -> Result<(), ErrorBody> {
+        self.shared
+            .cvr
+            .flush(&mut self.cvr)
+            .await
+            .map_err(|e| match e {
+                zc_cvr::Error::OwnershipLost(_) => ErrorBody::backoff(
+                    zc_protocol::messages::BackoffErrorKind::Rehome,
+                    "client group is now served by another instance",
+                    None,
+                    None,
+                ),
+                other => {
+                    ErrorBody::internal(format!("could not write the client view record: {other}"))
+                }
+            })
+    }
+
+    /// After loading, hydrate the CVR's queries so that they are maintained again, and
+    /// reconcile: rows that changed in the replica since the CVR's version are marked.
+    async fn resume(&mut self) -> Result<(), ErrorBody> {
+        if self.resumed {
+            return Ok(());
+        }
+        self.resumed = true;
+        let wanted: Vec<(String, QueryRecord)> = self
+            .cvr
+            .queries
+            .iter()
+            .filter(|(h, q)| !q.deleted && self.cvr.is_desired(h))
+            .map(|(h, q)| (h.clone(), q.clone()))
+            .collect();
+        let stale: Vec<String> = self
+            .cvr
+            .queries
+            .iter()
+            .filter(|(h, q)| !q.deleted && !self.cvr.is_desired(h))
+            .map(|(h, _)| h.clone())
+            .collect();
+        let at = self.next_version();
+        let mut changed = false;
+        for h in stale {
+            self.drop_query(&h, at);
+            changed = true;
+        }
+        // Rows changed in the replica since the CVR's state.
+        let touched: BTreeSet<(String, String)> = if self.version > self.cvr.version.state {
+            match self
+                .sources
+                .snapshot()
+                .changes(self.cvr.version.state, self.version)
+            {
+                Ok(entries) => entries
+                    .into_iter()
+                    .map(|e| {
+                        (
+                            e.table.zero_name(),
+                            e.key
+                                .map(|k| {
+                                    serde_json::to_string(
+                                        &k.iter().map(Value::to_json).collect::<Vec<_>>(),
+                                    )
+                                    .unwrap_or_default()
+                                })
+                                .unwrap_or_default(),
+                        )
+                    })
+                    .collect(),
+                Err(e) => return Err(ErrorBody::internal(format!("replica: {e}"))),
+            }
+        } else {
+            BTreeSet::new()
+        };
+        let creds = self
+            .clients
+            .values()
+            .next()
+            .map(|c| c.creds.clone())
+            .unwrap_or_default();
+        let asts = self.resolve(&creds, &wanted, None).await;
+        for (hash, ast) in asts {
+            let Ok(ast) = ast else { continue };
+            let rows = self.hydrate(&hash, &ast)?;
+            if self.cvr.queries.get(&hash).is_some_and(|q| !q.got) {
+                self.cvr.set_got(&hash, true, at);
+                changed = true;
+            }
+            // Reconcile the query's references with what it holds now.
+            let mut fresh: BTreeMap<RowId, i64> = BTreeMap::new();
+            for id in rows {
+                *fresh.entry(id).or_insert(0) += 1;
+            }
+            let old: Vec<(RowId, i64)> = self
+                .cvr
+                .rows
+                .iter()
+                .filter_map(|(id, r)| r.refs.get(&hash).map(|n| (id.clone(), i64::from(*n))))
+                .collect();
+            let old_map: BTreeMap<RowId, i64> = old.into_iter().collect();
+            for (id, n) in &fresh {
+                let before = old_map.get(id).copied().unwrap_or(0);
+                if before != *n {
+                    self.cvr.adjust_row(id, &hash, n - before, at);
+                    changed = true;
+                }
+            }
+            for (id, before) in &old_map {
+                if !fresh.contains_key(id) {
+                    self.cvr.adjust_row(id, &hash, -before, at);
+                    changed = true;
+                }
+            }
+        }
+        // Held rows whose contents changed upstream since the CVR was written.
+        let held: Vec<RowId> = self.values.keys().cloned().collect();
+        for id in held {
+            if let Some(spec) = self.sources.spec(&id.table) {
+                let key: Vec<Json> =
+                    match serde_json::from_str::<serde_json::Map<String, Json>>(&id.key) {
+                        Ok(m) => spec
+                            .key
+                            .iter()
+                            .map(|&k| m.get(&spec.columns[k].name).cloned().unwrap_or(Json::Null))
+                            .collect(),
+                        Err(_) => continue,
+                    };
+                let k = serde_json::to_string(&key).unwrap_or_default();
+                if touched.contains(&(id.table.clone(), k)) {
+                    self.cvr.touch_row(&id, at);
+                    changed = true;
+                }
+            }
+        }
+        // Rows the CVR holds that no live query produced any more are released above; rows
+        // without a value (queries that could not be resumed) are dropped from the record.
+        let orphans: Vec<RowId> = self
+            .cvr
+            .rows
+            .iter()
+            .filter(|(id, r)| !r.refs.is_empty() && !self.values.contains_key(id))
+            .map(|(id, _)| id.clone())
+            .collect();
+        for id in orphans {
+            let refs: Vec<(String, u32)> = self.cvr.rows[&id]
+                .refs
+                .iter()
+                .map(|(h, n)| (h.clone(), *n))
+                .collect();
+            for (h, n) in refs {
+                self.cvr.adjust_row(&id, &h, -i64::from(n), at);
+            }
+            changed = true;
+        }
+        if changed {
+            self.cvr.version = at;
+        }
+        Ok(())
+    }
+
+    /// Turns desired queries into ASTs: ad-hoc ASTs as they are, named ones through the
+    /// query endpoint. Per-query failures are reported to `client`.
+    async fn resolve(
+        &mut self,
+        creds: &Credentials,
+        queries: &[(String, QueryRecord)],
+        client: Option<&str>,
+    ) -> Vec<(String, Result<Ast, ErroredQuery>)> {
+        let mut out = Vec::new();
+        let mut named = Vec::new();
+        for (hash, q) in queries {
+            if let Some(name) = &q.name {
+                let args = match &q.args {
+                    Some(Json::Array(a)) => a.clone(),
+                    Some(other) => vec![other.clone()],
+                    None => vec![],
+                };
+                named.push(NamedQuery {
+                    id: hash.clone(),
+                    name: name.clone(),
+                    args,
+                });
+            } else if let Some(ast) = &q.ast {
+                // Ad-hoc ASTs need read permissions, which this server does not evaluate
+                // yet: like zero-cache without deployed permissions, they sync no rows.
+                if let Ok(mut ast) = zc_protocol::ast::from_value(ast.clone()) {
+                    ast.limit = Some(0);
+                    out.push((hash.clone(), Ok(ast)));
+                }
+            }
+        }
+        if named.is_empty() {
+            return out;
+        }
+        if !self.shared.forwarder.has_query_url() {
+            tracing::warn!(group = %self.id, "named queries need ZERO_QUERY_URL; they stay unresolved");
+            return out;
+        }
+        match self.shared.forwarder.transform(creds, &named).await {
+            Ok(results) => {
+                let mut errors = Vec::new();
+                for (id, t) in results {
+                    match t {
+                        Transformed::Ast(ast) => out.push((id, Ok(*ast))),
+                        Transformed::Error(e) => {
+                            errors.push(e.clone());
+                            out.push((id, Err(e)));
+                        }
+                    }
+                }
+                if !errors.is_empty()
+                    && let Some(c) = client.and_then(|c| self.clients.get(c))
+                {
+                    let _ = c.out.send(Downstream::TransformError(errors)).await;
+                }
+            }
+            Err(e) => {
+                if let Some(c) = client {
+                    self.send_error(c, e).await;
+                }
+            }
+        }
+        out
+    }
+
+    /// Builds and hydrates a query; returns the rows it holds (one per holding partition).
+    fn hydrate(&mut self, hash: &str, ast: &Ast) -> Result<Vec<RowId>, ErrorBody> {
+        let sources = &self.sources;
+        let built = tokio::task::block_in_place(|| {
+            let mut tree = TreeQuery::build(ast, sources)?;
+            let rows = tree.hydrate(sources)?;
+            Ok::<_, zc_query::tree::TreeError>((tree, rows))
+        });
+        let (tree, rows) = match built {
+            Ok(x) => x,
+            Err(e) => {
+                tracing::warn!(group = %self.id, query = hash, error = %e, "query cannot run");
+                return Ok(Vec::new());
+            }
+        };
+        self.live.insert(hash.to_owned(), tree);
+        self.resolved.insert(hash.to_owned(), ast.clone());
+        let mut ids = Vec::new();
+        for (table, change) in rows {
+            if let RowChange::Add(row) = change
+                && let Some(id) = self.row_id(&table, &row)
+            {
+                self.values.insert(id.clone(), row);
+                ids.push(id);
+            }
+        }
+        Ok(ids)
+    }
+
+    fn row_id(&self, table: &str, row: &[Value]) -> Option<RowId> {
+        let spec = self.sources.spec(table)?;
+        let mut key = serde_json::Map::new();
+        for &k in &spec.key {
+            key.insert(
+                spec.columns.get(k)?.name.clone(),
+                row.get(k).map(Value::to_json).unwrap_or(Json::Null),
+            );
+        }
+        Some(RowId {
+            table: table.to_owned(),
+            key: Json::Object(key).to_string(),
+        })
+    }
+
+    /// Releases a query's rows and forgets it.
+    fn drop_query(&mut self, hash: &str, at: CvrVersion) {
+        self.release_refs(hash, at);
+        self.cvr.delete_query(hash, at);
+    }
+
+    /// Releases a query's rows (its pipeline stops).
+    fn release_refs(&mut self, hash: &str, at: CvrVersion) {
+        self.live.remove(hash);
+        self.resolved.remove(hash);
+        let held: Vec<(RowId, u32)> = self
+            .cvr
+            .rows
+            .iter()
+            .filter_map(|(id, r)| r.refs.get(hash).map(|n| (id.clone(), *n)))
+            .collect();
+        for (id, n) in held {
+            if !self.cvr.adjust_row(&id, hash, -i64::from(n), at) {
+                self.values.remove(&id);
+            }
+        }
+    }
+
+    /// Applies a client's desired-queries patch: new queries are resolved and hydrated,
+    /// queries no client desires any more are dropped.
+    async fn change_queries(
+        &mut self,
+        client: &str,
+        patch: Vec<UpQueriesPatchOp>,
+    ) -> Result<(), ErrorBody> {
+        if patch.is_empty() {
+            return Ok(());
+        }
+        let at = self.next_version();
+        let mut added: Vec<(String, QueryRecord)> = Vec::new();
+        let mut removed = Vec::new();
+        for op in patch {
+            match op {
+                UpQueriesPatchOp::Put {
+                    hash,
+                    ast,
+                    name,
+                    args,
+                    ttl,
+                } => {
+                    self.cvr.desire(client, &hash, ttl, at);
+                    let known =
+                        self.cvr.queries.get(&hash).is_some_and(|q| {
+                            !q.deleted && (q.got || self.live.contains_key(&hash))
+                        });
+                    if !known {
+                        self.release_refs(&hash, at);
+                        let record = QueryRecord {
+                            name,
+                            args: args.map(Json::Array),
+                            ast: ast.map(|a| serde_json::to_value(&*a).unwrap_or(Json::Null)),
+                            got: false,
+                            deleted: false,
+                            patch: at,
+                        };
+                        self.cvr.put_query(&hash, record.clone());
+                        added.push((hash, record));
+                    }
+                }
+                UpQueriesPatchOp::Del { hash } => {
+                    self.cvr.undesire(client, &hash, at);
+                    removed.push(hash);
+                }
+                UpQueriesPatchOp::Clear => {
+                    let mine: Vec<String> = self
+                        .cvr
+                        .desires
+                        .iter()
+                        .filter(|((c, _), d)| c == client && !d.deleted)
+                        .map(|((_, h), _)| h.clone())
+                        .collect();
+                    for h in mine {
+                        self.cvr.undesire(client, &h, at);
+                        removed.push(h);
+                    }
+                }
+            }
+        }
+        for h in removed {
+            if !self.cvr.is_desired(&h) {
+                self.drop_query(&h, at);
+            }
+        }
+        let creds = self.creds(client);
+        let resolved = self.resolve(&creds, &added, Some(client)).await;
+        for (hash, ast) in resolved {
+            match ast {
+                Ok(ast) => {
+                    for id in self.hydrate(&hash, &ast)? {
+                        self.cvr.adjust_row(&id, &hash, 1, at);
+                    }
+                    self.cvr.set_got(&hash, true, at);
+                }
+                Err(_) => {
+                    // Reported as a transform error; the query stays desired, not got.
+                }
+            }
+        }
+        self.cvr.version = at;
+        Ok(())
+    }
+
+    /// LMIDs and mutation results of the whole group, for a client that may lack them.
+    fn full_meta(&self, client: &str) -> Meta {
+        let mut meta = Meta::default();
+        let is_current = self
+            .clients
+            .get(client)
+            .and_then(|c| c.cookie.as_deref())
+            .is_some_and(|c| c == self.cvr.version.cookie());
+        if is_current {
+            return meta;
+        }
+        let shard = self.shared.shard_schema();
+        let group = Value::Text(self.id.clone());
+        let clients_table = format!("{shard}.clients");
+        if let Some(src) = self.sources.source(&clients_table) {
+            let spec = src.spec();
+            if let (Some(g), Some(c), Some(l)) = (
+                spec.columns.iter().position(|c| c.name == "clientGroupID"),
+                spec.columns.iter().position(|c| c.name == "clientID"),
+                spec.columns.iter().position(|c| c.name == "lastMutationID"),
+            ) && let Ok(rows) = src.scan(&ScanRequest {
+                constraint: &[(g, group.clone())],
+                ..ScanRequest::default()
+            }) {
+                for row in rows.flatten() {
+                    if let (Some(Value::Text(c)), Some(Value::Int(l))) = (row.get(c), row.get(l)) {
+                        meta.lmids.insert(c.clone(), u64::try_from(*l).unwrap_or(0));
+                    }
+                }
+            }
+        }
+        let mutations_table = format!("{shard}.mutations");
+        if let Some(src) = self.sources.source(&mutations_table) {
+            let spec = src.spec();
+            if let Some(g) = spec.columns.iter().position(|c| c.name == "clientGroupID")
+                && let Ok(rows) = src.scan(&ScanRequest {
+                    constraint: &[(g, group)],
+                    ..ScanRequest::default()
+                })
+            {
+                for row in rows.flatten() {
+                    if let Some(op) = mutation_put(spec, &row) {
+                        meta.mutations.push(op);
+                    }
+                }
+            }
+        }
+        meta
+    }
+
+    /// The replica has a new version: push its changes through the pipelines.
+    async fn advance(&mut self) -> Result<(), ErrorBody> {
+        let next = self
+            .shared
+            .replica
+            .snapshot()
+            .map_err(|e| ErrorBody::internal(format!("replica: {e}")))?;
+        let next_version = next.version().unwrap_or_default();
+        if next_version <= self.version {
+            return Ok(());
+        }
+        let advance = diff(self.sources.snapshot(), &next, self.version, next_version)
+            .map_err(|e| ErrorBody::internal(format!("replica: {e}")))?;
+        let previous = self.cvr.version;
+        let shard = self.shared.shard_schema();
+        let mut meta = Meta::default();
+        let mut folded = Folded::default();
+        match advance {
+            Advance::Rows(changes) => {
+                self.version = next_version;
+                let at = self.next_version();
+                tokio::task::block_in_place(|| {
+                    self.push_changes(&changes, &shard, at, &mut meta, &mut folded)
+                })?;
+                self.sources = SnapshotSources::new(next)
+                    .map_err(|e| ErrorBody::internal(format!("replica: {e}")))?;
+                if !folded.values.is_empty() || !meta.is_empty() || self.cvr.version != previous {
+                    self.cvr.version = at;
+                }
+            }
+            Advance::Reset => {
+                self.version = next_version;
+                self.sources = SnapshotSources::new(next)
+                    .map_err(|e| ErrorBody::internal(format!("replica: {e}")))?;
+                self.rehydrate_all()?;
+                meta = self.full_meta("");
+            }
+        }
+        if self.cvr.version == previous {
+            return Ok(());
+        }
+        self.commit().await?;
+        self.poke_all(&meta, None).await;
+        Ok(())
+    }
+
+    fn push_changes(
+        &mut self,
+        changes: &[(TableName, RowChange)],
+        shard: &str,
+        at: CvrVersion,
+        meta: &mut Meta,
+        folded: &mut Folded,
+    ) -> Result<(), ErrorBody> {
+        for (table, change) in changes {
+            if table.schema == shard {
+                self.meta_change(table, change, meta);
+            }
+            self.sources.apply(table, change);
+            let name = table.zero_name();
+            let hashes: Vec<String> = self.live.keys().cloned().collect();
+            for hash in hashes {
+                let outs = match self.live.get_mut(&hash) {
+                    Some(tree) => tree
+                        .push(&name, change, &self.sources)
+                        .map_err(|e| ErrorBody::internal(format!("query {hash}: {e}")))?,
+                    None => continue,
+                };
+                for (t, out) in outs {
+                    match out {
+                        RowChange::Add(row) => {
+                            if let Some(id) = self.row_id(&t, &row) {
+                                self.cvr.adjust_row(&id, &hash, 1, at);
+                                self.values.insert(id.clone(), row.clone());
+                                folded.values.insert(id, row);
+                            }
+                        }
+                        RowChange::Remove(row) => {
+                            if let Some(id) = self.row_id(&t, &row) {
+                                if !self.cvr.adjust_row(&id, &hash, -1, at) {
+                                    self.values.remove(&id);
+                                }
+                                folded.values.entry(id).or_insert(row);
+                            }
+                        }
+                        RowChange::Edit { new, .. } => {
+                            if let Some(id) = self.row_id(&t, &new) {
+                                self.cvr.touch_row(&id, at);
+                                self.values.insert(id.clone(), new.clone());
+                                folded.values.insert(id, new);
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// A change to the shard's `clients` or `mutations` table of this group.
+    fn meta_change(&self, table: &TableName, change: &RowChange, meta: &mut Meta) {
+        let Some(spec) = self.sources.spec(&table.zero_name()) else {
+            return;
+        };
+        let col = |name: &str| spec.columns.iter().position(|c| c.name == name);
+        let ours = |row: &Row| {
+            col("clientGroupID")
+                .and_then(|g| row.get(g))
+                .is_some_and(|v| *v == Value::Text(self.id.clone()))
+        };
+        match (table.name.as_str(), change) {
+            ("clients", RowChange::Add(row) | RowChange::Edit { new: row, .. }) if ours(row) => {
+                if let (Some(c), Some(l)) = (col("clientID"), col("lastMutationID"))
+                    && let (Some(Value::Text(c)), Some(Value::Int(l))) = (row.get(c), row.get(l))
+                {
+                    meta.lmids.insert(c.clone(), u64::try_from(*l).unwrap_or(0));
+                }
+            }
+            ("mutations", RowChange::Add(row) | RowChange::Edit { new: row, .. }) if ours(row) => {
+                if let Some(op) = mutation_put(spec, row) {
+                    meta.mutations.push(op);
+                }
+            }
+            ("mutations", RowChange::Remove(row)) if ours(row) => {
+                if let (Some(c), Some(m)) = (col("clientID"), col("mutationID"))
+                    && let (Some(Value::Text(c)), Some(Value::Int(m))) = (row.get(c), row.get(m))
+                {
+                    meta.mutations.push(MutationPatchOp::Del {
+                        id: MutationId {
+                            client_id: c.clone(),
+                            id: u64::try_from(*m).unwrap_or(0),
+                        },
+                    });
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// Rebuilds every pipeline from the current snapshot (after a table was truncated or
+    /// replaced) and reconciles the CVR.
+    fn rehydrate_all(&mut self) -> Result<(), ErrorBody> {
+        let at = self.next_version();
+        let hashes: Vec<String> = self.live.keys().cloned().collect();
+        let old_values = std::mem::take(&mut self.values);
+        for hash in hashes {
+            let Some(ast) = self.live_ast(&hash) else {
+                continue;
+            };
+            let held: Vec<(RowId, u32)> = self
+                .cvr
+                .rows
+                .iter()
+                .filter_map(|(id, r)| r.refs.get(&hash).map(|n| (id.clone(), *n)))
+                .collect();
+            for (id, n) in held {
+                self.cvr.adjust_row(&id, &hash, -i64::from(n), at);
+            }
+            for id in self.hydrate(&hash, &ast)? {
+                self.cvr.adjust_row(&id, &hash, 1, at);
+            }
+        }
+        // Every held row may have changed.
+        let ids: Vec<RowId> = self.values.keys().cloned().collect();
+        for id in ids {
+            if old_values.get(&id) != self.values.get(&id) {
+                self.cvr.touch_row(&id, at);
+            }
+        }
+        self.cvr.version = at;
+        Ok(())
+    }
+
+    fn live_ast(&self, hash: &str) -> Option<Ast> {
+        self.resolved.get(hash).cloned()
+    }
+
+    /// Sends every connected client what changed since its cookie (and `meta`). The
+    /// client `fresh` just connected: it always gets a poke.
+    async fn poke_all(&mut self, meta: &Meta, fresh: Option<&str>) {
+        let version = self.cvr.version;
+        let cookie = version.cookie();
+        let names: Vec<String> = self.clients.keys().cloned().collect();
+        for name in names {
+            let Some(client) = self.clients.get(&name) else {
+                continue;
+            };
+            let since = client
+                .cookie
+                .as_deref()
+                .and_then(|c| CvrVersion::parse(c).ok());
+            let is_fresh = fresh == Some(name.as_str());
+            let client_meta = meta;
+            if since == Some(version) && !is_fresh {
+                continue;
+            }
+            let changes = self.cvr.changes_since(since);
+            self.poke_seq += 1;
+            let base = client.cookie.clone();
+            let up_to_date = since == Some(version);
+            let poke_id = if up_to_date {
+                format!("{cookie}.{}", self.poke_seq)
+            } else {
+                cookie.clone()
+            };
+            let mut part = PokePartBody::new(poke_id.clone());
+            if !up_to_date {
+                let mut desired: BTreeMap<String, Vec<QueriesPatchOp>> = BTreeMap::new();
+                for (c, h, on) in &changes.desires {
+                    desired.entry(c.clone()).or_default().push(if *on {
+                        QueriesPatchOp::put(h.clone())
+                    } else {
+                        QueriesPatchOp::del(h.clone())
+                    });
+                }
+                if !desired.is_empty() {
+                    part.desired_queries_patches = Some(desired);
+                }
+                let got: Vec<QueriesPatchOp> = changes
+                    .got
+                    .iter()
+                    .map(|(h, on)| {
+                        if *on {
+                            QueriesPatchOp::put(h.clone())
+                        } else {
+                            QueriesPatchOp::del(h.clone())
+                        }
+                    })
+                    .collect();
+                if !got.is_empty() {
+                    part.got_queries_patch = Some(got);
+                }
+                let mut rows = Vec::new();
+                for (id, present) in &changes.rows {
+                    if *present {
+                        if let Some(value) = self.values.get(id)
+                            && let Some(spec) = self.sources.spec(&id.table)
+                        {
+                            let wire: WireRow = spec
+                                .columns
+                                .iter()
+                                .zip(value)
+                                .map(|(c, v)| (c.name.clone(), v.to_json()))
+                                .collect();
+                            rows.push(RowPatchOp::Put {
+                                table_name: id.table.clone(),
+                                value: wire,
+                            });
+                        }
+                    } else if let Ok(Json::Object(key)) = serde_json::from_str::<Json>(&id.key) {
+                        rows.push(RowPatchOp::Del {
+                            table_name: id.table.clone(),
+                            id: key.into_iter().collect(),
+                        });
+                    }
+                }
+                if !rows.is_empty() {
+                    part.rows_patch = Some(rows);
+                }
+                if !client_meta.lmids.is_empty() {
+                    part.last_mutation_id_changes = Some(client_meta.lmids.clone());
+                }
+                if !client_meta.mutations.is_empty() {
+                    part.mutations_patch = Some(client_meta.mutations.clone());
+                }
+            }
+            let end_cookie = if up_to_date {
+                base.clone().unwrap_or_else(|| cookie.clone())
+            } else {
+                cookie.clone()
+            };
+            let out = client.out.clone();
+            let mut start = PokeStartBody::new(poke_id.clone(), base);
+            start.timestamp = Some(now_ms());
+            let mut ok = out.send(Downstream::PokeStart(start)).await.is_ok();
+            if ok && !part.is_empty() {
+                ok = out.send(Downstream::PokePart(part)).await.is_ok();
+            }
+            if ok {
+                ok = out
+                    .send(Downstream::PokeEnd(PokeEndBody::new(
+                        poke_id,
+                        end_cookie.clone(),
+                    )))
+                    .await
+                    .is_ok();
+            }
+            if ok {
+                if let Some(c) = self.clients.get_mut(&name) {
+                    c.cookie = Some(end_cookie);
+                }
+            } else {
+                self.clients.remove(&name);
+            }
+        }
+    }
+}
+
+fn mutation_put(spec: &zc_types::TableSpec, row: &Row) -> Option<MutationPatchOp> {
+    let col = |name: &str| spec.columns.iter().position(|c| c.name == name);
+    let (Some(Value::Text(client)), Some(Value::Int(id))) =
+        (row.get(col("clientID")?), row.get(col("mutationID")?))
+    else {
+        return None;
+    };
+    let result_json = row.get(col("result")?)?.to_json();
+    let result: MutationResult = serde_json::from_value(result_json).ok()?;
+    Some(MutationPatchOp::Put {
+        mutation: MutationResponse {
+            id: MutationId {
+                client_id: client.clone(),
+                id: u64::try_from(*id).unwrap_or(0),
+            },
+            result,
+        },
+    })
+}

@@ -1,0 +1,183 @@
+//! The view-syncer service: one actor per client group, started on the group's first
+//! connection and stopped after it has been idle.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use tokio::sync::mpsc;
+use zc_cvr::CvrStore;
+use zc_protocol::messages::{Downstream, InitConnectionBody, Upstream};
+use zc_replica::Replica;
+
+use crate::forward::{Endpoints, Forwarder};
+use crate::group::{Group, GroupMsg};
+
+/// What the service needs to know.
+#[derive(Debug, Clone)]
+pub struct SyncConfig {
+    /// `ZERO_APP_ID`.
+    pub app_id: String,
+    /// `ZERO_SHARD_NUM`.
+    pub shard_num: u32,
+    /// The app's endpoints.
+    pub endpoints: Endpoints,
+}
+
+/// A client's connection, as the transport parsed it.
+#[derive(Debug, Clone, Default)]
+pub struct Connection {
+    /// `clientGroupID`.
+    pub client_group_id: String,
+    /// `clientID`.
+    pub client_id: String,
+    /// `userID`.
+    pub user_id: Option<String>,
+    /// `baseCookie` (`None` for a new group).
+    pub base_cookie: Option<String>,
+    /// The `initConnection` message, when it came with the upgrade request.
+    pub init: Option<InitConnectionBody>,
+    /// The auth token.
+    pub auth: Option<String>,
+    /// The upgrade request's `Cookie` header.
+    pub cookie_header: Option<String>,
+    /// The upgrade request's `Origin` header.
+    pub origin: Option<String>,
+}
+
+pub(crate) struct Shared {
+    pub(crate) config: SyncConfig,
+    pub(crate) replica: Replica,
+    pub(crate) cvr: CvrStore,
+    pub(crate) forwarder: Forwarder,
+    groups: Mutex<HashMap<String, mpsc::Sender<GroupMsg>>>,
+    next_conn: AtomicU64,
+}
+
+impl std::fmt::Debug for Shared {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Shared").finish_non_exhaustive()
+    }
+}
+
+impl Shared {
+    /// The shard schema, `{app}_{shard}`.
+    pub(crate) fn shard_schema(&self) -> String {
+        format!("{}_{}", self.config.app_id, self.config.shard_num)
+    }
+
+    /// Called by a group actor when it stops.
+    pub(crate) fn forget(&self, group: &str) {
+        if let Ok(mut groups) = self.groups.lock()
+            && groups.get(group).is_some_and(|tx| tx.is_closed())
+        {
+            groups.remove(group);
+        }
+    }
+}
+
+/// The view syncer: accepts client connections and routes them to their group's actor.
+#[derive(Debug, Clone)]
+pub struct Syncer {
+    shared: Arc<Shared>,
+}
+
+/// A connected client's handle: upstream messages go through it; dropping it disconnects.
+#[derive(Debug)]
+pub struct ClientHandle {
+    tx: mpsc::Sender<GroupMsg>,
+    client: String,
+    conn_id: u64,
+}
+
+impl ClientHandle {
+    /// Delivers an upstream message; false when the group is gone.
+    pub async fn send(&self, msg: Upstream) -> bool {
+        self.tx
+            .send(GroupMsg::Upstream {
+                client: self.client.clone(),
+                conn_id: self.conn_id,
+                msg: Box::new(msg),
+            })
+            .await
+            .is_ok()
+    }
+}
+
+impl Drop for ClientHandle {
+    fn drop(&mut self) {
+        let _ = self.tx.try_send(GroupMsg::Disconnect {
+            client: self.client.clone(),
+            conn_id: self.conn_id,
+        });
+    }
+}
+
+impl Syncer {
+    /// A syncer over a replica and a CVR store.
+    pub fn new(config: SyncConfig, replica: Replica, cvr: CvrStore) -> Syncer {
+        let forwarder = Forwarder::new(config.endpoints.clone());
+        Syncer {
+            shared: Arc::new(Shared {
+                config,
+                replica,
+                cvr,
+                forwarder,
+                groups: Mutex::new(HashMap::new()),
+                next_conn: AtomicU64::new(1),
+            }),
+        }
+    }
+
+    /// Connects a client: downstream messages for it go to `out`.
+    pub async fn connect(&self, conn: Connection, out: mpsc::Sender<Downstream>) -> ClientHandle {
+        let conn_id = self.shared.next_conn.fetch_add(1, Ordering::Relaxed);
+        let client = conn.client_id.clone();
+        let group = conn.client_group_id.clone();
+        let mut msg = GroupMsg::Connect {
+            conn: Box::new(conn),
+            out,
+            conn_id,
+        };
+        loop {
+            let tx = self.group(&group);
+            match tx.send(msg).await {
+                Ok(()) => {
+                    return ClientHandle {
+                        tx,
+                        client,
+                        conn_id,
+                    };
+                }
+                // The actor was stopping: start a new one.
+                Err(mpsc::error::SendError(m)) => {
+                    msg = m;
+                    self.shared.forget(&group);
+                }
+            }
+        }
+    }
+
+    fn group(&self, id: &str) -> mpsc::Sender<GroupMsg> {
+        let mut groups = match self.shared.groups.lock() {
+            Ok(g) => g,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        if let Some(tx) = groups.get(id)
+            && !tx.is_closed()
+        {
+            return tx.clone();
+        }
+        let (tx, rx) = mpsc::channel(1024);
+        groups.insert(id.to_owned(), tx.clone());
+        let shared = Arc::clone(&self.shared);
+        let id = id.to_owned();
+        zc_types::task::spawn_named("client-group", Group::run(shared, id, rx));
+        tx
+    }
+
+    /// The number of active client groups.
+    pub fn active_groups(&self) -> usize {
+        self.shared.groups.lock().map(|g| g.len()).unwrap_or(0)
+    }
+}

@@ -1,0 +1,270 @@
+//! The WebSocket transport of zc (warp): `/sync/v{N}/connect` as the `@rocicorp/zero` 1.9.0
+//! client speaks it, plus health (`/`, `/keepalive`) and `/metrics`.
+//!
+//! Per connection: the request target and the `Sec-WebSocket-Protocol` header are parsed
+//! (`zc_protocol::connect`), the header is echoed back exactly (the client fails the
+//! upgrade otherwise), `connected` is sent first, pings are answered here at once, and
+//! every other message goes to the client's group in `zc-sync`. A message that cannot be
+//! parsed gets the protocol's `InvalidMessage` error and the connection is closed; other
+//! connections are not affected.
+#![warn(missing_docs, unreachable_pub)]
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::{SinkExt, StreamExt};
+use tokio::sync::mpsc;
+use warp::Filter;
+use warp::ws::{Message, WebSocket};
+use zc_protocol::connect::{ConnectError, ConnectParams, parse_connect_path};
+use zc_protocol::messages::{ConnectedBody, Downstream, ErrorBody, Upstream, parse_upstream};
+use zc_sync::{Connection, Syncer};
+
+/// Errors of the transport.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The listening socket could not be set up.
+    #[error("could not listen on {addr}")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// Renders the metrics page.
+pub type MetricsRender = Arc<dyn Fn() -> String + Send + Sync>;
+
+/// Serves until `shutdown` completes.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    syncer: Syncer,
+    metrics: MetricsRender,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) {
+    let health = warp::get()
+        .and(warp::path::end().or(warp::path("keepalive").and(warp::path::end())))
+        .map(|_| String::from("OK"))
+        .boxed();
+    let metrics_route = warp::get()
+        .and(warp::path("metrics"))
+        .and(warp::path::end())
+        .map(move || metrics())
+        .boxed();
+    let sync = warp::path::full()
+        .and(warp::query::raw().or(warp::any().map(String::new)).unify())
+        .and(warp::header::optional::<String>("sec-websocket-protocol"))
+        .and(warp::header::optional::<String>("cookie"))
+        .and(warp::header::optional::<String>("origin"))
+        .and(warp::ws())
+        .map(
+            move |path: warp::path::FullPath,
+                  query: String,
+                  protocol: Option<String>,
+                  cookie: Option<String>,
+                  origin: Option<String>,
+                  ws: warp::ws::Ws| {
+                let syncer = syncer.clone();
+                let target = if query.is_empty() {
+                    path.as_str().to_owned()
+                } else {
+                    format!("{}?{query}", path.as_str())
+                };
+                let echo = protocol.clone();
+                let reply = ws.max_message_size(64 << 20).on_upgrade(move |socket| {
+                    session(socket, syncer, target, protocol, cookie, origin)
+                });
+                match echo {
+                    Some(p) => {
+                        Box::new(warp::reply::with_header(reply, "sec-websocket-protocol", p))
+                            as Box<dyn warp::Reply>
+                    }
+                    None => Box::new(reply),
+                }
+            },
+        );
+    let routes = health.or(metrics_route).or(sync);
+    warp::serve(routes)
+        .incoming(listener)
+        .graceful(shutdown)
+        .run()
+        .await;
+}
+
+async fn send(socket: &mut WebSocket, msg: &Downstream) -> bool {
+    socket.send(Message::text(msg.to_json())).await.is_ok()
+}
+
+async fn close_with_error(mut socket: WebSocket, e: ErrorBody) {
+    let _ = send(&mut socket, &Downstream::Error(e)).await;
+    let _ = socket.close().await;
+}
+
+/// Parses the request; missing header means `initConnection` comes as the first message.
+fn parse(
+    target: &str,
+    protocol: Option<&str>,
+) -> Result<
+    (
+        ConnectParams,
+        Option<zc_protocol::messages::InitConnectionBody>,
+        Option<String>,
+    ),
+    ConnectError,
+> {
+    match zc_protocol::connect::parse_connect_request(target, protocol) {
+        Ok(req) => Ok((
+            req.params,
+            req.sec_protocol.init_connection,
+            req.sec_protocol.auth_token,
+        )),
+        Err(ConnectError::MissingSecProtocol) => {
+            let (path, query) = target.split_once('?').unwrap_or((target, ""));
+            let parsed = parse_connect_path(path)?;
+            if !zc_protocol::connect::is_supported_version(parsed.version) {
+                return Err(ConnectError::VersionNotSupported {
+                    version: parsed.version,
+                });
+            }
+            Ok((ConnectParams::from_query(query)?, None, None))
+        }
+        Err(e) => Err(e),
+    }
+}
+
+async fn session(
+    mut socket: WebSocket,
+    syncer: Syncer,
+    target: String,
+    protocol: Option<String>,
+    cookie: Option<String>,
+    origin: Option<String>,
+) {
+    metrics::counter!("zc_connections_total").increment(1);
+    let (params, mut init, auth) = match parse(&target, protocol.as_deref()) {
+        Ok(p) => p,
+        Err(e) => {
+            match e.error_body() {
+                Some(body) => close_with_error(socket, body).await,
+                None => {
+                    let _ = socket
+                        .send(Message::close_with(1002u16, e.close_reason()))
+                        .await;
+                }
+            }
+            return;
+        }
+    };
+    let wsid = params.wsid.clone();
+    let connected = Downstream::Connected(ConnectedBody {
+        wsid,
+        timestamp: Some(
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_millis() as i64)
+                .unwrap_or(0),
+        ),
+    });
+    if !send(&mut socket, &connected).await {
+        return;
+    }
+    // Without the header, initConnection is the first message.
+    if init.is_none() {
+        let first = tokio::time::timeout(Duration::from_secs(60), socket.next()).await;
+        match first {
+            Ok(Some(Ok(m))) if m.is_text() => match parse_upstream(m.to_str().unwrap_or("")) {
+                Ok(Upstream::InitConnection(body)) => init = Some(body),
+                Ok(other) => {
+                    close_with_error(
+                        socket,
+                        ErrorBody::invalid_message(format!(
+                            "expected initConnection, got {}",
+                            other.tag()
+                        )),
+                    )
+                    .await;
+                    return;
+                }
+                Err(e) => {
+                    close_with_error(socket, e.to_error_body()).await;
+                    return;
+                }
+            },
+            _ => return,
+        }
+    }
+    let (out_tx, mut out_rx) = mpsc::channel::<Downstream>(1024);
+    let handle = syncer
+        .connect(
+            Connection {
+                client_group_id: params.client_group_id.clone(),
+                client_id: params.client_id.clone(),
+                user_id: params.user_id.clone(),
+                base_cookie: params.base_cookie.clone(),
+                init,
+                auth,
+                cookie_header: cookie,
+                origin,
+            },
+            out_tx.clone(),
+        )
+        .await;
+    metrics::gauge!("zc_connected_clients").increment(1.0);
+    let (mut sink, mut stream) = socket.split();
+    // Writer: everything for this client, in order; an error message ends the connection.
+    let writer = zc_types::task::spawn_named("ws-writer", async move {
+        while let Some(msg) = out_rx.recv().await {
+            let fatal = matches!(msg, Downstream::Error(_));
+            if sink.send(Message::text(msg.to_json())).await.is_err() {
+                break;
+            }
+            if fatal {
+                let _ = sink.close().await;
+                break;
+            }
+        }
+    });
+    loop {
+        tokio::select! {
+            frame = stream.next() => {
+                let Some(Ok(frame)) = frame else { break };
+                if frame.is_close() {
+                    break;
+                }
+                if !frame.is_text() {
+                    continue;
+                }
+                match parse_upstream(frame.to_str().unwrap_or("")) {
+                    Ok(Upstream::Ping) => {
+                        if out_tx.send(Downstream::Pong).await.is_err() {
+                            break;
+                        }
+                    }
+                    Ok(msg) => {
+                        if !handle.send(msg).await {
+                            let _ = out_tx
+                                .send(Downstream::Error(ErrorBody::internal("client group stopped")))
+                                .await;
+                            break;
+                        }
+                    }
+                    Err(e) => {
+                        tracing::debug!(error = %e, "invalid message from client");
+                        let _ = out_tx.send(Downstream::Error(e.to_error_body())).await;
+                        break;
+                    }
+                }
+            }
+            _ = out_tx.closed() => break,
+        }
+    }
+    drop(handle);
+    drop(out_tx);
+    let _ = tokio::time::timeout(Duration::from_secs(5), writer).await;
+    metrics::gauge!("zc_connected_clients").decrement(1.0);
+}
