@@ -118,6 +118,14 @@ impl Cvr {
             && self.dirty.clients.is_empty()
     }
 
+    /// True when queries, desires or rows changed since the last write (what clients are
+    /// sent; a new client alone is not).
+    pub fn has_patches(&self) -> bool {
+        !(self.dirty.queries.is_empty()
+            && self.dirty.desires.is_empty()
+            && self.dirty.rows.is_empty())
+    }
+
     /// Records a client of the group.
     pub fn add_client(&mut self, client: &str) {
         if self.clients.insert(client.to_owned()) {

@@ -779,7 +779,9 @@ impl Group {
                 }
             }
         }
-        self.cvr.version = at;
+        if self.cvr.has_patches() {
+            self.cvr.version = at;
+        }
         Ok(())
     }
 

@@ -17,6 +17,7 @@
 //! # }
 //! ```
 
+pub mod client;
 pub mod oracle;
 pub mod regressions;
 pub mod trees;

@@ -1,0 +1,395 @@
+//! The whole server in-process (replication, CVR in PostgreSQL, view syncer, WebSocket
+//! transport) driven by the protocol-level test client of `zc-testkit`: a captured
+//! transcript of the 1.9.0 client replayed (its named queries answered by the app
+//! server's recorded responses), many clients in several groups following upstream
+//! writes, bad frames, unsupported versions and cookies from the future.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use tokio_util::sync::CancellationToken;
+use warp::Filter;
+use zc_protocol::connect::SecProtocol;
+use zc_protocol::messages::{
+    Downstream, ErrorKind, InitConnectionBody, RowPatchOp, UpQueriesPatchOp, Upstream,
+};
+use zc_testkit::TestDb;
+use zc_testkit::client::{TestClient, params};
+
+const CAPTURES: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/../zc-protocol/fixtures/captures"
+);
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+/// The app's query endpoint, answering with the ASTs the real app server returned in the
+/// captured session (`custom-api-server.jsonl`), for the same names.
+fn spawn_query_endpoint() -> u16 {
+    let text =
+        std::fs::read_to_string(format!("{CAPTURES}/custom-api-server.jsonl")).expect("capture");
+    let mut asts: BTreeMap<String, Value> = BTreeMap::new();
+    for line in text.lines() {
+        let entry: Value = serde_json::from_str(line).expect("json");
+        for q in entry["response"]["queries"]
+            .as_array()
+            .into_iter()
+            .flatten()
+        {
+            if let (Some(name), Some(ast)) = (q["name"].as_str(), q.get("ast")) {
+                asts.insert(name.to_owned(), ast.clone());
+            }
+        }
+    }
+    let route = warp::post()
+        .and(warp::path("query"))
+        .and(warp::header::optional::<String>("authorization"))
+        .and(warp::body::json())
+        .map(move |auth: Option<String>, body: Value| {
+            if auth.as_deref() == Some("Bearer bad") {
+                return warp::reply::with_status(
+                    warp::reply::json(&json!({"error": "unauthorized"})),
+                    warp::http::StatusCode::UNAUTHORIZED,
+                );
+            }
+            let queries: Vec<Value> = body[1]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(|q| match asts.get(q["name"].as_str().unwrap_or_default()) {
+                    Some(ast) => json!({"id": q["id"], "name": q["name"], "ast": ast}),
+                    None => json!({"error": "app", "id": q["id"], "name": q["name"], "message": "Query not found"}),
+                })
+                .collect();
+            warp::reply::with_status(
+                warp::reply::json(&json!({"kind": "QueryResponse", "userID": "u1", "queries": queries})),
+                warp::http::StatusCode::OK,
+            )
+        });
+    let port = free_port();
+    #[allow(clippy::disallowed_methods)]
+    tokio::spawn(warp::serve(route).run(([127, 0, 0, 1], port)));
+    port
+}
+
+struct Server {
+    base: String,
+    shutdown: CancellationToken,
+    task: tokio::task::JoinHandle<Result<(), zc_server::Error>>,
+    _dir: tempfile::TempDir,
+}
+
+impl Server {
+    async fn start(db: &TestDb, query_port: u16) -> Server {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let port = free_port();
+        let replica = dir.path().join("replica.db");
+        let config = <zc_server::Config as clap::Parser>::try_parse_from([
+            "zc".to_owned(),
+            format!("--upstream-db={}", db.url()),
+            format!("--replica-file={}", replica.display()),
+            format!("--port={port}"),
+            format!("--app-id={}", db.name),
+            format!("--query-url=http://127.0.0.1:{query_port}/query"),
+        ])
+        .expect("config");
+        let shutdown = CancellationToken::new();
+        #[allow(clippy::disallowed_methods)]
+        let task = tokio::spawn(zc_server::run(config, shutdown.clone()));
+        let base = format!("http://127.0.0.1:{port}");
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+        while tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .is_err()
+        {
+            assert!(!task.is_finished(), "server stopped during start-up");
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "server did not start"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        Server {
+            base,
+            shutdown,
+            task,
+            _dir: dir,
+        }
+    }
+
+    async fn stop(self) {
+        self.shutdown.cancel();
+        let r = tokio::time::timeout(Duration::from_secs(30), self.task)
+            .await
+            .expect("server stops")
+            .expect("server task");
+        r.expect("server ends without error");
+    }
+}
+
+fn named(hash: &str, name: &str, args: Vec<Value>) -> UpQueriesPatchOp {
+    UpQueriesPatchOp::Put {
+        hash: hash.into(),
+        ast: None,
+        name: Some(name.into()),
+        args: Some(args),
+        ttl: Some(300_000.0),
+    }
+}
+
+/// The rows a client holds after applying pokes (by table and id).
+#[derive(Default, Debug)]
+struct View {
+    rows: BTreeMap<(String, String), Value>,
+    got: Vec<String>,
+}
+
+impl View {
+    fn apply(&mut self, poke: &zc_testkit::client::Poke) {
+        for part in &poke.parts {
+            for op in part.got_queries_patch.iter().flatten() {
+                if let zc_protocol::messages::QueriesPatchOp::Put { hash, .. } = op {
+                    self.got.push(hash.clone());
+                }
+            }
+            for op in part.rows_patch.iter().flatten() {
+                match op {
+                    RowPatchOp::Put { table_name, value } => {
+                        let v = serde_json::to_value(value).expect("row");
+                        let id = v["id"].to_string();
+                        self.rows.insert((table_name.clone(), id), v);
+                    }
+                    RowPatchOp::Del { table_name, id } => {
+                        let v = serde_json::to_value(id).expect("id");
+                        self.rows.remove(&(table_name.clone(), v["id"].to_string()));
+                    }
+                    _ => {}
+                }
+            }
+        }
+    }
+
+    fn ids(&self) -> Vec<String> {
+        self.rows
+            .keys()
+            .map(|(_, id)| id.trim_matches('"').to_owned())
+            .collect()
+    }
+}
+
+async fn seed(db: &TestDb) {
+    db.exec(
+        "CREATE TABLE issue (id text PRIMARY KEY, title text NOT NULL, done boolean NOT NULL, n float8);
+         INSERT INTO issue VALUES ('i1', 'first (edited)', false, 1), ('i2', 'second', false, 2), ('i3', 'third', true, 3);",
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn captured_session_replays_against_zc() {
+    let db = TestDb::new().await;
+    seed(&db).await;
+    let server = Server::start(&db, spawn_query_endpoint()).await;
+
+    // The captured client's connect request: its init message and token.
+    let text = std::fs::read_to_string(format!("{CAPTURES}/custom.jsonl")).expect("capture");
+    let open: Value = text
+        .lines()
+        .map(|l| serde_json::from_str::<Value>(l).expect("json"))
+        .find(|d| d["dir"] == "open")
+        .expect("open record");
+    let sec = &open["data"]["secProtocol"];
+    let init: InitConnectionBody =
+        serde_json::from_value(sec["initConnectionMessage"][1].clone()).expect("init");
+    let token = sec["authToken"].as_str().map(str::to_owned);
+    let decoded = SecProtocol {
+        init_connection: Some(init.clone()),
+        auth_token: token.clone(),
+    };
+    let mut client = TestClient::connect(
+        &server.base,
+        params("replayed-group", "replayed-client", None),
+        decoded.init_connection.as_ref(),
+        decoded.auth_token.as_deref(),
+    )
+    .await
+    .expect("connect");
+    assert!(matches!(
+        client.recv().await,
+        Some(Downstream::Connected(_))
+    ));
+    let mut view = View::default();
+    let first = client.poke().await.expect("first poke");
+    assert_eq!(first.start.base_cookie, None);
+    view.apply(&first);
+    // Both captured queries are complete with the rows zero-cache sent.
+    let mut got = view.got.clone();
+    got.sort();
+    assert_eq!(got, vec!["j89s9yb1osb", "utzqmu14j875"]);
+    assert_eq!(view.ids(), vec!["i1", "i2"]);
+
+    // The capture's upstream insert, and the poke that brings it.
+    db.exec("INSERT INTO issue VALUES ('i9', 'ninth', false, 9)")
+        .await;
+    let poke = client.poke().await.expect("poke after insert");
+    assert_eq!(
+        poke.start.base_cookie.as_deref(),
+        Some(first.end.cookie.as_str())
+    );
+    assert!(poke.end.cookie > first.end.cookie);
+    view.apply(&poke);
+    assert_eq!(view.ids(), vec!["i1", "i2", "i9"]);
+    // A row leaving the query is a delete.
+    db.exec("UPDATE issue SET done = true WHERE id = 'i2'")
+        .await;
+    view.apply(&client.poke().await.expect("poke after update"));
+    assert_eq!(view.ids(), vec!["i1", "i9"]);
+
+    client.send(&Upstream::Ping).await.expect("ping");
+    assert!(matches!(client.recv().await, Some(Downstream::Pong)));
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn many_clients_follow_upstream_writes_and_bad_frames_only_hurt_their_sender() {
+    let db = TestDb::new().await;
+    seed(&db).await;
+    let server = Server::start(&db, spawn_query_endpoint()).await;
+    let init = InitConnectionBody::new(vec![named("j89s9yb1osb", "openIssues", vec![])]);
+    let mut clients = Vec::new();
+    for i in 0..12 {
+        let group = format!("g{}", i % 4);
+        let mut c = TestClient::connect(
+            &server.base,
+            params(&group, &format!("c{i}"), None),
+            Some(&init),
+            Some("token"),
+        )
+        .await
+        .expect("connect");
+        assert!(matches!(c.recv().await, Some(Downstream::Connected(_))));
+        let mut view = View::default();
+        // Until the client's own query is complete (other clients' pokes may come first).
+        while !view.got.contains(&"j89s9yb1osb".to_owned()) {
+            view.apply(&c.poke().await.expect("poke"));
+        }
+        assert_eq!(view.ids(), vec!["i1", "i2"], "client {i}");
+        clients.push((c, view));
+    }
+
+    // One client sends garbage: it gets InvalidMessage and is closed.
+    let (mut bad, _) = clients.remove(0);
+    bad.send_raw("this is not json").await.expect("send");
+    // (Pokes for its group's other clients may still be on the way.)
+    loop {
+        match bad.recv().await {
+            Some(Downstream::Error(e)) => {
+                assert_eq!(e.kind(), ErrorKind::InvalidMessage);
+                break;
+            }
+            Some(Downstream::PokeStart(_) | Downstream::PokePart(_) | Downstream::PokeEnd(_)) => {}
+            other => panic!("expected an InvalidMessage error, got {other:?}"),
+        }
+    }
+    assert!(bad.closed().await);
+
+    // Everyone else sees the upstream write.
+    db.exec("INSERT INTO issue VALUES ('i0', 'zeroth', false, 0)")
+        .await;
+    for (c, view) in &mut clients {
+        while !view.ids().contains(&"i0".to_owned()) {
+            view.apply(&c.poke().await.expect("poke after write"));
+        }
+        assert_eq!(view.ids(), vec!["i0", "i1", "i2"]);
+    }
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connection_errors_are_the_protocols() {
+    let db = TestDb::new().await;
+    seed(&db).await;
+    let server = Server::start(&db, spawn_query_endpoint()).await;
+    let init = InitConnectionBody::new(vec![]);
+
+    // A cookie from the future.
+    let mut c = TestClient::connect(
+        &server.base,
+        params("g", "c1", Some("zz")),
+        Some(&init),
+        None,
+    )
+    .await
+    .expect("connect");
+    assert!(matches!(c.recv().await, Some(Downstream::Connected(_))));
+    match c.recv().await {
+        Some(Downstream::Error(e)) => {
+            assert_eq!(e.kind(), ErrorKind::InvalidConnectionRequestBaseCookie)
+        }
+        other => panic!("expected a base cookie error, got {other:?}"),
+    }
+
+    // A token the app refuses: TransformFailed with the HTTP status.
+    let mut c = TestClient::connect(
+        &server.base,
+        params("g2", "c2", None),
+        Some(&init),
+        Some("bad"),
+    )
+    .await
+    .expect("connect");
+    assert!(matches!(c.recv().await, Some(Downstream::Connected(_))));
+    match c.recv().await {
+        Some(Downstream::Error(e)) => assert_eq!(e.kind(), ErrorKind::TransformFailed),
+        other => panic!("expected TransformFailed, got {other:?}"),
+    }
+
+    // A query the app does not know: transformError, and the query is not complete.
+    let init = InitConnectionBody::new(vec![named("nope", "notOnServer", vec![])]);
+    let mut c = TestClient::connect(
+        &server.base,
+        params("g3", "c3", None),
+        Some(&init),
+        Some("t"),
+    )
+    .await
+    .expect("connect");
+    assert!(matches!(c.recv().await, Some(Downstream::Connected(_))));
+    match c.recv().await {
+        Some(Downstream::TransformError(errors)) => assert_eq!(errors.len(), 1),
+        other => panic!("expected transformError, got {other:?}"),
+    }
+    let poke = c.poke().await.expect("poke");
+    assert!(poke.parts.iter().all(|p| p.got_queries_patch.is_none()));
+
+    // Health and metrics.
+    let body = reqwest_get(&format!("{}/", server.base)).await;
+    assert_eq!(body, "OK");
+    let metrics = reqwest_get(&format!("{}/metrics", server.base)).await;
+    assert!(metrics.contains("zc_connections_total"), "{metrics}");
+    server.stop().await;
+}
+
+async fn reqwest_get(url: &str) -> String {
+    // A plain HTTP/1.1 GET over TCP, to keep the test free of another HTTP client.
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let rest = url.trim_start_matches("http://");
+    let (host, path) = rest.split_once('/').unwrap_or((rest, ""));
+    let mut s = tokio::net::TcpStream::connect(host).await.expect("connect");
+    s.write_all(
+        format!("GET /{path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n").as_bytes(),
+    )
+    .await
+    .expect("write");
+    let mut out = String::new();
+    s.read_to_string(&mut out).await.expect("read");
+    out.split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default()
+}
