@@ -13,10 +13,11 @@ fn main() -> ExitCode {
         tracing_subscriber::EnvFilter::new(format!("{},zc=debug", config.log_level))
     });
     tracing_subscriber::fmt().with_env_filter(filter).init();
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    if config.num_sync_workers > 0 {
+        builder.worker_threads(config.num_sync_workers);
+    }
+    let runtime = match builder.enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: could not start the async runtime: {e}");
