@@ -48,6 +48,9 @@ pub struct DesireRecord {
     pub ttl: Option<f64>,
     /// The client no longer desires it.
     pub deleted: bool,
+    /// When the client stopped desiring it (milliseconds since the epoch); the query is
+    /// kept for `ttl` after that.
+    pub inactivated_at: Option<i64>,
     /// When it last changed.
     pub patch: CvrVersion,
 }
@@ -148,22 +151,41 @@ impl Cvr {
             DesireRecord {
                 ttl,
                 deleted: false,
+                inactivated_at: None,
                 patch: at,
             },
         );
         self.dirty.desires.insert(key);
     }
 
-    /// A client no longer desires a query.
-    pub fn undesire(&mut self, client: &str, hash: &str, at: CvrVersion) {
+    /// A client no longer desires a query (at `now_ms`).
+    pub fn undesire(&mut self, client: &str, hash: &str, at: CvrVersion, now_ms: i64) {
         let key = (client.to_owned(), hash.to_owned());
         if let Some(d) = self.desires.get_mut(&key)
             && !d.deleted
         {
             d.deleted = true;
+            d.inactivated_at = Some(now_ms);
             d.patch = at;
             self.dirty.desires.insert(key);
         }
+    }
+
+    /// When the query may be dropped: `None` while some client desires it, else the latest
+    /// end of its desires' time to live (milliseconds since the epoch).
+    pub fn expires_at(&self, hash: &str) -> Option<i64> {
+        let mut latest: Option<i64> = None;
+        for ((_, h), d) in &self.desires {
+            if h != hash {
+                continue;
+            }
+            if !d.deleted {
+                return None;
+            }
+            let end = d.inactivated_at.unwrap_or(0) + d.ttl.map_or(0, |t| t.max(0.0) as i64);
+            latest = Some(latest.map_or(end, |l| l.max(end)));
+        }
+        Some(latest.unwrap_or(0))
     }
 
     /// True when some client still desires the query.

@@ -83,8 +83,9 @@ impl CvrStore {
                PRIMARY KEY (client_group_id, query_hash));
              CREATE TABLE IF NOT EXISTS {s}.desires (
                client_group_id text NOT NULL, client_id text NOT NULL, query_hash text NOT NULL,
-               ttl float8, deleted bool NOT NULL, patch_version text NOT NULL,
+               ttl float8, deleted bool NOT NULL, inactivated_at bigint, patch_version text NOT NULL,
                PRIMARY KEY (client_group_id, client_id, query_hash));
+             ALTER TABLE {s}.desires ADD COLUMN IF NOT EXISTS inactivated_at bigint;
              CREATE TABLE IF NOT EXISTS {s}.rows (
                client_group_id text NOT NULL, table_name text NOT NULL, row_key text NOT NULL,
                refs jsonb NOT NULL, patch_version text NOT NULL,
@@ -147,7 +148,7 @@ impl CvrStore {
             );
         }
         for r in sqlx::query(AssertSqlSafe(format!(
-            "SELECT client_id, query_hash, ttl, deleted, patch_version
+            "SELECT client_id, query_hash, ttl, deleted, patch_version, inactivated_at
              FROM {s}.desires WHERE client_group_id = $1"
         )))
         .bind(group)
@@ -159,6 +160,7 @@ impl CvrStore {
                 DesireRecord {
                     ttl: r.get(2),
                     deleted: r.get(3),
+                    inactivated_at: r.get(5),
                     patch: version(group, r.get::<&str, _>(4))?,
                 },
             );
@@ -213,7 +215,7 @@ impl CvrStore {
         if !dirty.clients.is_empty() {
             let ids: Vec<String> = dirty.clients.into_iter().collect();
             sqlx::query(AssertSqlSafe(format!(
-                "INSERT INTO {s}.clients SELECT $1, c FROM UNNEST($2::text[]) AS c
+                "INSERT INTO {s}.clients (client_group_id, client_id) SELECT $1, c FROM UNNEST($2::text[]) AS c
                  ON CONFLICT DO NOTHING"
             )))
             .bind(&g)
@@ -226,7 +228,8 @@ impl CvrStore {
                 continue;
             };
             sqlx::query(AssertSqlSafe(format!(
-                "INSERT INTO {s}.queries VALUES ($1, $2, $3, $4::jsonb, $5::jsonb, $6, $7, $8)
+                "INSERT INTO {s}.queries (client_group_id, query_hash, name, args, ast, got,
+                   deleted, patch_version) VALUES ($1, $2, $3, $4::jsonb, $5::jsonb, $6, $7, $8)
                  ON CONFLICT (client_group_id, query_hash) DO UPDATE SET name = $3,
                  args = $4::jsonb, ast = $5::jsonb, got = $6, deleted = $7, patch_version = $8"
             )))
@@ -242,8 +245,8 @@ impl CvrStore {
             .await?;
         }
         if !dirty.desires.is_empty() {
-            let (mut clients, mut hashes, mut ttls, mut deleted, mut patches) =
-                (vec![], vec![], vec![], vec![], vec![]);
+            let (mut clients, mut hashes, mut ttls, mut deleted, mut patches, mut inactive) =
+                (vec![], vec![], vec![], vec![], vec![], vec![]);
             for key in dirty.desires {
                 if let Some(d) = cvr.desires.get(&key) {
                     clients.push(key.0);
@@ -251,13 +254,18 @@ impl CvrStore {
                     ttls.push(d.ttl);
                     deleted.push(d.deleted);
                     patches.push(d.patch.cookie());
+                    inactive.push(d.inactivated_at);
                 }
             }
             sqlx::query(AssertSqlSafe(format!(
-                "INSERT INTO {s}.desires
-                 SELECT $1, * FROM UNNEST($2::text[], $3::text[], $4::float8[], $5::bool[], $6::text[])
+                "INSERT INTO {s}.desires (client_group_id, client_id, query_hash, ttl, deleted,
+                   inactivated_at, patch_version)
+                 SELECT $1, c, h, t, d, i, p
+                 FROM UNNEST($2::text[], $3::text[], $4::float8[], $5::bool[], $6::text[], $7::int8[])
+                   AS u(c, h, t, d, p, i)
                  ON CONFLICT (client_group_id, client_id, query_hash) DO UPDATE SET
-                 ttl = EXCLUDED.ttl, deleted = EXCLUDED.deleted, patch_version = EXCLUDED.patch_version"
+                 ttl = EXCLUDED.ttl, deleted = EXCLUDED.deleted,
+                 inactivated_at = EXCLUDED.inactivated_at, patch_version = EXCLUDED.patch_version"
             )))
             .bind(&g)
             .bind(&clients)
@@ -265,6 +273,7 @@ impl CvrStore {
             .bind(&ttls)
             .bind(&deleted)
             .bind(&patches)
+            .bind(&inactive)
             .execute(&mut *tx)
             .await?;
         }
@@ -281,7 +290,7 @@ impl CvrStore {
             for chunk in (0..tables.len()).collect::<Vec<_>>().chunks(10_000) {
                 let (a, b) = (chunk[0], chunk[chunk.len() - 1] + 1);
                 sqlx::query(AssertSqlSafe(format!(
-                    "INSERT INTO {s}.rows
+                    "INSERT INTO {s}.rows (client_group_id, table_name, row_key, refs, patch_version)
                      SELECT $1, t, k, r::jsonb, p FROM UNNEST($2::text[], $3::text[], $4::text[], $5::text[]) AS u(t, k, r, p)
                      ON CONFLICT (client_group_id, table_name, row_key) DO UPDATE SET
                      refs = EXCLUDED.refs, patch_version = EXCLUDED.patch_version"

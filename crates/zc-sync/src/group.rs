@@ -93,6 +93,22 @@ pub(crate) struct Group {
     poke_seq: u64,
 }
 
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    text
+}
+
+fn expiry_wait(at: Option<i64>) -> Duration {
+    let wait = at.unwrap_or(0) - now_ms();
+    Duration::from_millis(u64::try_from(wait.max(0)).unwrap_or(0) + 5)
+}
+
 fn now_ms() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -112,7 +128,8 @@ impl Group {
                     if let GroupMsg::Connect { out, .. } = msg {
                         let _ = out
                             .send(Downstream::Error(ErrorBody::internal(format!(
-                                "could not load the client view record: {e}"
+                                "could not load the client view record: {}",
+                                error_chain(&e)
                             ))))
                             .await;
                     }
@@ -161,6 +178,11 @@ impl Group {
                         break;
                     }
                     if let Err(e) = group.advance().await {
+                        group.fail(e).await;
+                    }
+                }
+                _ = tokio::time::sleep(expiry_wait(group.next_expiry())), if group.next_expiry().is_some() => {
+                    if let Err(e) = group.expire().await {
                         group.fail(e).await;
                     }
                 }
@@ -310,10 +332,13 @@ impl Group {
         }
         self.cvr.add_client(&client);
         self.resume().await?;
-        let patch = conn
+        let (patch, active) = conn
             .init
-            .map(|i: InitConnectionBody| i.desired_queries_patch)
+            .map(|i: InitConnectionBody| (i.desired_queries_patch, i.active_clients))
             .unwrap_or_default();
+        if let Some(active) = active {
+            self.inactivate_clients(&active);
+        }
         self.change_queries(&client, patch).await?;
         let meta = self.full_meta(&client);
         self.commit().await?;
@@ -433,18 +458,19 @@ impl Group {
             return Ok(());
         }
         self.resumed = true;
+        let now = now_ms();
         let wanted: Vec<(String, QueryRecord)> = self
             .cvr
             .queries
             .iter()
-            .filter(|(h, q)| !q.deleted && self.cvr.is_desired(h))
+            .filter(|(h, q)| !q.deleted && self.cvr.expires_at(h).is_none_or(|t| t > now))
             .map(|(h, q)| (h.clone(), q.clone()))
             .collect();
         let stale: Vec<String> = self
             .cvr
             .queries
             .iter()
-            .filter(|(h, q)| !q.deleted && !self.cvr.is_desired(h))
+            .filter(|(h, q)| !q.deleted && self.cvr.expires_at(h).is_some_and(|t| t <= now))
             .map(|(h, _)| h.clone())
             .collect();
         let at = self.next_version();
@@ -741,7 +767,7 @@ impl Group {
                     }
                 }
                 UpQueriesPatchOp::Del { hash } => {
-                    self.cvr.undesire(client, &hash, at);
+                    self.cvr.undesire(client, &hash, at, now_ms());
                     removed.push(hash);
                 }
                 UpQueriesPatchOp::Clear => {
@@ -753,14 +779,16 @@ impl Group {
                         .map(|((_, h), _)| h.clone())
                         .collect();
                     for h in mine {
-                        self.cvr.undesire(client, &h, at);
+                        self.cvr.undesire(client, &h, at, now_ms());
                         removed.push(h);
                     }
                 }
             }
         }
+        // A query no client desires stays for its time to live (see `expire`).
+        let now = now_ms();
         for h in removed {
-            if !self.cvr.is_desired(&h) {
+            if self.cvr.expires_at(&h).is_some_and(|t| t <= now) {
                 self.drop_query(&h, at);
             }
         }
@@ -782,6 +810,61 @@ impl Group {
         if self.cvr.has_patches() {
             self.cvr.version = at;
         }
+        Ok(())
+    }
+
+    /// Clients of the group that are not in `active` (as the connecting client knows them)
+    /// are gone: their desires end, and their queries live out their time to live.
+    fn inactivate_clients(&mut self, active: &[String]) {
+        let at = self.next_version();
+        let now = now_ms();
+        let gone: Vec<(String, String)> = self
+            .cvr
+            .desires
+            .iter()
+            .filter(|((c, _), d)| {
+                !d.deleted && !active.contains(c) && !self.clients.contains_key(c)
+            })
+            .map(|(k, _)| k.clone())
+            .collect();
+        for (c, h) in gone {
+            self.cvr.undesire(&c, &h, at, now);
+        }
+        if self.cvr.has_patches() {
+            self.cvr.version = at;
+        }
+    }
+
+    /// The next time a query no client desires any more must be dropped.
+    fn next_expiry(&self) -> Option<i64> {
+        self.cvr
+            .queries
+            .iter()
+            .filter(|(_, q)| !q.deleted)
+            .filter_map(|(h, _)| self.cvr.expires_at(h))
+            .min()
+    }
+
+    /// Drops the queries whose time to live has passed.
+    async fn expire(&mut self) -> Result<(), ErrorBody> {
+        let now = now_ms();
+        let due: Vec<String> = self
+            .cvr
+            .queries
+            .iter()
+            .filter(|(h, q)| !q.deleted && self.cvr.expires_at(h).is_some_and(|t| t <= now))
+            .map(|(h, _)| h.clone())
+            .collect();
+        if due.is_empty() {
+            return Ok(());
+        }
+        let at = self.next_version();
+        for h in due {
+            self.drop_query(&h, at);
+        }
+        self.cvr.version = at;
+        self.commit().await?;
+        self.poke_all(&Meta::default(), None).await;
         Ok(())
     }
 
