@@ -368,6 +368,28 @@ async fn connection_errors_are_the_protocols() {
     let poke = c.poke().await.expect("poke");
     assert!(poke.parts.iter().all(|p| p.got_queries_patch.is_none()));
 
+    // A client schema that does not fit the replica.
+    let mut init = InitConnectionBody::new(vec![]);
+    init.client_schema = Some(
+        serde_json::from_value(json!({"tables": {
+            "nope": {"columns": {"id": {"type": "string"}}, "primaryKey": ["id"]},
+            "issue": {"columns": {"id": {"type": "number"}, "title": {"type": "string"}}, "primaryKey": ["id"]}
+        }}))
+        .expect("client schema"),
+    );
+    let mut c = TestClient::connect(&server.base, params("g4", "c4", None), Some(&init), None)
+        .await
+        .expect("connect");
+    assert!(matches!(c.recv().await, Some(Downstream::Connected(_))));
+    match c.recv().await {
+        Some(Downstream::Error(e)) => {
+            assert_eq!(e.kind(), ErrorKind::SchemaVersionNotSupported);
+            assert!(e.message().contains("\"nope\" table"), "{}", e.message());
+            assert!(e.message().contains("\"issue\".\"id\""), "{}", e.message());
+        }
+        other => panic!("expected SchemaVersionNotSupported, got {other:?}"),
+    }
+
     // Health and metrics.
     let body = reqwest_get(&format!("{}/", server.base)).await;
     assert_eq!(body, "OK");

@@ -296,6 +296,18 @@ impl Group {
                 .await;
             return Ok(());
         }
+        if let Some(schema) = conn.init.as_ref().and_then(|i| i.client_schema.as_ref()) {
+            let specs: Vec<&zc_types::TableSpec> = self.sources.specs().collect();
+            let problems = crate::schema_check::check(schema, &specs);
+            if !problems.is_empty() {
+                let _ = out
+                    .send(Downstream::Error(ErrorBody::schema_version_not_supported(
+                        problems.join("\n"),
+                    )))
+                    .await;
+                return Ok(());
+            }
+        }
         if self.cvr.user_id.is_none() {
             self.cvr.user_id.clone_from(&conn.user_id);
         }

@@ -8,6 +8,7 @@
 mod diff;
 pub mod forward;
 mod group;
+mod schema_check;
 mod service;
 mod source;
 

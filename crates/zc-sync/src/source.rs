@@ -71,6 +71,11 @@ impl SnapshotSources {
         self.tables.get(table).map(|t| &t.spec)
     }
 
+    /// Every table's schema.
+    pub fn specs(&self) -> impl Iterator<Item = &TableSpec> {
+        self.tables.values().map(|t| &t.spec)
+    }
+
     /// Records a change on top of the snapshot (the change about to be pushed).
     pub fn apply(&mut self, table: &TableName, change: &RowChange) {
         let Some(t) = self.tables.get_mut(&table.zero_name()) else {
