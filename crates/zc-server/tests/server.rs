@@ -318,10 +318,29 @@ async fn connection_errors_are_the_protocols() {
     let server = Server::start(&db, spawn_query_endpoint()).await;
     let init = InitConnectionBody::new(vec![]);
 
-    // A cookie from the future.
+    // A cookie for a group this server has no record of.
     let mut c = TestClient::connect(
         &server.base,
         params("g", "c1", Some("zz")),
+        Some(&init),
+        None,
+    )
+    .await
+    .expect("connect");
+    assert!(matches!(c.recv().await, Some(Downstream::Connected(_))));
+    match c.recv().await {
+        Some(Downstream::Error(e)) => assert_eq!(e.kind(), ErrorKind::ClientNotFound),
+        other => panic!("expected ClientNotFound, got {other:?}"),
+    }
+    // A cookie from the future of a group the server knows.
+    let mut c = TestClient::connect(&server.base, params("g", "c1", None), Some(&init), None)
+        .await
+        .expect("connect");
+    assert!(matches!(c.recv().await, Some(Downstream::Connected(_))));
+    assert!(c.poke().await.is_some());
+    let mut c = TestClient::connect(
+        &server.base,
+        params("g", "c1b", Some("zz")),
         Some(&init),
         None,
     )

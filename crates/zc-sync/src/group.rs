@@ -265,6 +265,14 @@ impl Group {
     ) -> Result<(), ErrorBody> {
         let client = conn.client_id.clone();
         // The cookie must be one this group has been at.
+        let empty = self.cvr.clients.is_empty() && self.cvr.queries.is_empty();
+        if empty && conn.base_cookie.as_deref().is_some_and(|c| !c.is_empty()) {
+            // The client has state this server never had (or lost): it must start over.
+            let _ = out
+                .send(Downstream::Error(ErrorBody::client_not_found()))
+                .await;
+            return Ok(());
+        }
         let base = match conn.base_cookie.as_deref() {
             None | Some("") => None,
             Some(c) => match CvrVersion::parse(c) {

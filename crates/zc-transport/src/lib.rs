@@ -224,10 +224,12 @@ async fn session(
                 break;
             }
             if fatal {
-                let _ = sink.close().await;
                 break;
             }
         }
+        // Completes the close handshake (the client expects 1000 after its own close, and
+        // no status after an error message, as zero-cache does).
+        let _ = sink.close().await;
     });
     loop {
         tokio::select! {
