@@ -109,6 +109,15 @@ pub struct Config {
     /// API key sent as X-Api-Key to the mutate endpoint.
     #[arg(long = "mutate-api-key", env = "ZERO_MUTATE_API_KEY")]
     pub mutate_api_key: Option<String>,
+    /// HMAC secret for verifying JWTs (legacy auth).
+    #[arg(long = "auth-secret", env = "ZERO_AUTH_SECRET")]
+    pub auth_secret: Option<String>,
+    /// A public key (JWK JSON) for verifying JWTs (legacy auth).
+    #[arg(long = "auth-jwk", env = "ZERO_AUTH_JWK")]
+    pub auth_jwk: Option<String>,
+    /// A JWKS URL for verifying JWTs (legacy auth).
+    #[arg(long = "auth-jwks-url", env = "ZERO_AUTH_JWKS_URL")]
+    pub auth_jwks_url: Option<String>,
     /// Password of the admin endpoints (accepted; zc has no admin endpoints yet).
     #[arg(long = "admin-password", env = "ZERO_ADMIN_PASSWORD")]
     pub admin_password: Option<String>,
@@ -136,6 +145,9 @@ const KNOWN_ENV: &[&str] = &[
     "ZERO_QUERY_API_KEY",
     "ZERO_MUTATE_API_KEY",
     "ZERO_ADMIN_PASSWORD",
+    "ZERO_AUTH_SECRET",
+    "ZERO_AUTH_JWK",
+    "ZERO_AUTH_JWKS_URL",
 ];
 
 /// Reports `ZERO_*` settings zc does not support (yet) instead of ignoring them silently.
@@ -231,6 +243,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Erro
         );
     }
     let cvr_url = config.cvr_db.clone().unwrap_or_else(|| upstream.clone());
+    let upstream_url = upstream.clone();
     let wal = WalConfig::new(upstream)
         .with_app_id(config.app_id.clone())
         .with_shard_num(config.shard_num)
@@ -307,6 +320,12 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Erro
                 mutate_forward_cookies: config.mutate_forward_cookies,
                 schema: format!("{}_{}", config.app_id, config.shard_num),
                 app_id: config.app_id.clone(),
+            },
+            upstream_db: Some(upstream_url.clone()),
+            auth: zc_sync::auth::AuthConfig {
+                secret: config.auth_secret.clone(),
+                jwk: config.auth_jwk.clone(),
+                jwks_url: config.auth_jwks_url.clone(),
             },
         },
         replica,

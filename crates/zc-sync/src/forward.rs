@@ -43,6 +43,8 @@ pub struct Credentials {
     pub origin: Option<String>,
     /// The connection's user.
     pub user_id: Option<String>,
+    /// The verified token's claims (legacy JWT mode), bound as `authData` in permissions.
+    pub auth_data: Option<Value>,
 }
 
 /// A named query to transform.

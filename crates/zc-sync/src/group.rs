@@ -25,6 +25,7 @@ use zc_query::{ScanRequest, Sources};
 use zc_types::{Lsn, Row, TableName, Value};
 
 use crate::forward::{Credentials, NamedQuery, Transformed};
+use crate::permissions::Permissions;
 use crate::service::{Connection, Shared};
 use crate::{Advance, SnapshotSources, diff};
 
@@ -319,15 +320,35 @@ impl Group {
         if self.cvr.user_id.is_none() {
             self.cvr.user_id.clone_from(&conn.user_id);
         }
+        // Legacy JWT mode: the server verifies the token; its claims are `authData`.
+        let mut auth_data = None;
+        if self.shared.verifier.is_jwt()
+            && let Some(token) = conn.auth.as_deref().filter(|t| !t.is_empty())
+        {
+            match self
+                .shared
+                .verifier
+                .verify(token, conn.user_id.as_deref())
+                .await
+            {
+                Ok(claims) => auth_data = Some(claims),
+                Err(e) => {
+                    let _ = out.send(Downstream::Error(e)).await;
+                    return Ok(());
+                }
+            }
+        }
         let creds = Credentials {
             token: conn.auth.clone(),
             cookie: conn.cookie_header.clone(),
             origin: conn.origin.clone(),
             user_id: conn.user_id.clone(),
+            auth_data,
         };
         // A new connection's credential is checked by the query endpoint first, as
         // zero-cache does with an empty transform request.
         if creds.token.is_some()
+            && !self.shared.verifier.is_jwt()
             && self.shared.forwarder.has_query_url()
             && let Err(e) = self.shared.forwarder.transform(&creds, &[]).await
         {
@@ -426,24 +447,221 @@ impl Group {
             .await;
             return;
         }
+        let creds = self.creds(client);
         if push
             .mutations
             .iter()
             .any(|m| matches!(m, Mutation::Crud(_)))
         {
-            self.send_error(
-                client,
-                ErrorBody::invalid_push("CRUD mutations are not supported by this server yet"),
-            )
-            .await;
+            for m in &push.mutations {
+                if let Mutation::Crud(m) = m
+                    && let Err(e) = self.crud(&creds, m).await
+                {
+                    self.send_error(client, e).await;
+                    return;
+                }
+            }
             return;
         }
         // Forwarded in order: the next push of this connection waits for this one.
-        let creds = self.creds(client);
         if let Err(e) = self.shared.forwarder.push(&creds, &push).await {
             let ids: BTreeSet<String> = push.mutations.iter().map(|m| m.id().client_id).collect();
             for id in ids {
                 self.send_error(&id, e.clone()).await;
+            }
+        }
+    }
+
+    /// Applies a legacy CRUD mutation to the upstream database.
+    async fn crud(
+        &mut self,
+        creds: &Credentials,
+        m: &zc_protocol::messages::CrudMutation,
+    ) -> Result<(), ErrorBody> {
+        let Some(pool) = self.shared.upstream.clone() else {
+            return Err(ErrorBody::invalid_push(
+                "CRUD mutations need the upstream database",
+            ));
+        };
+        let perms = self.permissions();
+        let auth = creds
+            .auth_data
+            .clone()
+            .unwrap_or_else(|| serde_json::json!({}));
+        let mut statements = Vec::new();
+        for op in &m.ops {
+            let table = crud_table(op);
+            let Some(spec) = self.sources.spec(table).cloned() else {
+                tracing::warn!(group = %self.id, table, "CRUD operation on an unknown table skipped");
+                continue;
+            };
+            if !tokio::task::block_in_place(|| self.write_allowed(&spec, op, &perms, &auth)) {
+                tracing::debug!(group = %self.id, table, "CRUD operation denied by the write permissions");
+                continue;
+            }
+            if let Some(stmt) = crate::crud::op_sql(&spec, op) {
+                statements.push(stmt);
+            }
+        }
+        let shard = self.shared.shard_schema();
+        match crate::crud::apply(&pool, &shard, &self.id, &m.client_id, m.id, &statements).await? {
+            crate::crud::Outcome::Done => Ok(()),
+            crate::crud::Outcome::Failed(message) => Err(ErrorBody::mutation_failed(message)),
+        }
+    }
+
+    /// True when the write permissions allow `op`; evaluated with the query engine on the
+    /// replica as it is (pre-mutation and delete rules) and as it would be after the op
+    /// (insert and post-mutation rules). No rule means no.
+    fn write_allowed(
+        &self,
+        spec: &zc_types::TableSpec,
+        op: &zc_protocol::messages::CrudOp,
+        perms: &Permissions,
+        auth: &Json,
+    ) -> bool {
+        use zc_protocol::messages::CrudOp;
+        let Some(rules) = perms.table(&spec.name.zero_name()) else {
+            return false;
+        };
+        let (value, kind) = match op {
+            CrudOp::Insert { value, .. } => (value, 0),
+            CrudOp::Upsert { value, .. } => (value, 1),
+            CrudOp::Update { value, .. } => (value, 2),
+            CrudOp::Delete { value, .. } => (value, 3),
+            #[allow(unreachable_patterns)]
+            _ => return false,
+        };
+        let given = |row: &mut Row| {
+            for (k, v) in value.iter() {
+                if let Some(i) = spec.columns.iter().position(|c| c.name == k) {
+                    row[i] = json_to_value(&spec.columns[i].pg_type.kind, v);
+                }
+            }
+        };
+        let mut key_row = vec![Value::Null; spec.columns.len()];
+        given(&mut key_row);
+        let existing = self.current_row(spec, &key_row);
+        let merged = |base: Option<&Row>| {
+            let mut row = base
+                .cloned()
+                .unwrap_or_else(|| vec![Value::Null; spec.columns.len()]);
+            given(&mut row);
+            row
+        };
+        let table = spec.name.clone();
+        match (kind, &existing) {
+            (0, _) | (1, None) => {
+                let new = merged(None);
+                let change = RowChange::Add(new.clone());
+                self.rule_holds(
+                    spec,
+                    rules.insert.as_ref(),
+                    &new,
+                    Some((&table, change)),
+                    auth,
+                    None,
+                )
+            }
+            (1 | 2, Some(old)) => {
+                let new = merged(Some(old));
+                let pre = self.row_json(spec, old);
+                let change = RowChange::Edit {
+                    old: old.clone(),
+                    new: new.clone(),
+                };
+                self.rule_holds(spec, rules.update_pre.as_ref(), old, None, auth, Some(&pre))
+                    && self.rule_holds(
+                        spec,
+                        rules.update_post.as_ref(),
+                        &new,
+                        Some((&table, change)),
+                        auth,
+                        Some(&pre),
+                    )
+            }
+            (3, Some(old)) => self.rule_holds(spec, rules.delete.as_ref(), old, None, auth, None),
+            // Updating or deleting a missing row is a no-op.
+            _ => true,
+        }
+    }
+
+    fn row_json(&self, spec: &zc_types::TableSpec, row: &Row) -> Json {
+        Json::Object(
+            spec.columns
+                .iter()
+                .zip(row)
+                .map(|(c, v)| (c.name.clone(), v.to_json()))
+                .collect(),
+        )
+    }
+
+    fn current_row(&self, spec: &zc_types::TableSpec, key_row: &Row) -> Option<Row> {
+        let constraint: Vec<(usize, Value)> =
+            spec.key.iter().map(|&k| (k, key_row[k].clone())).collect();
+        let src = self.sources.source(&spec.name.zero_name())?;
+        src.scan(&ScanRequest {
+            constraint: &constraint,
+            ..ScanRequest::default()
+        })
+        .ok()?
+        .next()?
+        .ok()
+    }
+
+    /// True when `row` passes one of `rules` (in the state after `change`, if given).
+    fn rule_holds(
+        &self,
+        spec: &zc_types::TableSpec,
+        rules: Option<&Vec<zc_protocol::ast::Condition>>,
+        row: &Row,
+        change: Option<(&TableName, RowChange)>,
+        auth: &Json,
+        pre: Option<&Json>,
+    ) -> bool {
+        use zc_protocol::ast::{Condition, SimpleOp, ValuePosition};
+        let Some(rules) = rules.filter(|r| !r.is_empty()) else {
+            return false;
+        };
+        let mut sources = self.sources.clone();
+        if let Some((table, change)) = &change {
+            sources.apply(table, change);
+        }
+        let mut conds: Vec<Condition> = spec
+            .key
+            .iter()
+            .map(|&k| Condition::Simple {
+                op: SimpleOp::Eq,
+                left: ValuePosition::Column {
+                    name: spec.columns[k].name.clone(),
+                },
+                right: ValuePosition::Literal {
+                    value: row[k].to_json(),
+                },
+            })
+            .collect();
+        let mut rule = Condition::Or {
+            conditions: rules.clone(),
+        };
+        crate::permissions::bind_condition(&mut rule, auth, pre);
+        conds.push(rule);
+        let ast = Ast {
+            schema: None,
+            table: spec.name.zero_name(),
+            alias: None,
+            where_: Some(Condition::And { conditions: conds }),
+            related: None,
+            start: None,
+            limit: Some(1),
+            order_by: None,
+        };
+        match TreeQuery::build(&ast, &sources).and_then(|mut t| t.hydrate(&sources)) {
+            Ok(rows) => rows
+                .iter()
+                .any(|(t, c)| t == &spec.name.zero_name() && matches!(c, RowChange::Add(_))),
+            Err(e) => {
+                tracing::warn!(group = %self.id, error = %e, "a write rule cannot be evaluated; denied");
+                false
             }
         }
     }
@@ -636,11 +854,14 @@ impl Group {
                     args,
                 });
             } else if let Some(ast) = &q.ast {
-                // Ad-hoc ASTs need read permissions, which this server does not evaluate
-                // yet: like zero-cache without deployed permissions, they sync no rows.
-                if let Ok(mut ast) = zc_protocol::ast::from_value(ast.clone()) {
-                    ast.limit = Some(0);
-                    out.push((hash.clone(), Ok(ast)));
+                // Ad-hoc ASTs (legacy queries) run with the deployed read permissions.
+                if let Ok(ast) = zc_protocol::ast::from_value(ast.clone()) {
+                    let perms = self.permissions();
+                    let auth = creds
+                        .auth_data
+                        .clone()
+                        .unwrap_or_else(|| serde_json::json!({}));
+                    out.push((hash.clone(), Ok(perms.transform_query(&ast, &auth))));
                 }
             }
         }
@@ -676,6 +897,35 @@ impl Group {
             }
         }
         out
+    }
+
+    /// The deployed permissions (none: nothing is readable or writable).
+    pub(crate) fn permissions(&self) -> Permissions {
+        let table = format!("{}.permissions", self.shared.config.app_id);
+        let Some(src) = self.sources.source(&table) else {
+            return Permissions::default();
+        };
+        let Some(col) = src
+            .spec()
+            .columns
+            .iter()
+            .position(|c| c.name == "permissions")
+        else {
+            return Permissions::default();
+        };
+        let Ok(mut rows) = src.scan(&ScanRequest::default()) else {
+            return Permissions::default();
+        };
+        match rows.next() {
+            Some(Ok(row)) => {
+                let json = row.get(col).map(Value::to_json).unwrap_or(Json::Null);
+                Permissions::parse(&json).unwrap_or_else(|e| {
+                    tracing::warn!(group = %self.id, error = %e, "deployed permissions cannot be read; nothing is readable");
+                    Permissions::default()
+                })
+            }
+            _ => Permissions::default(),
+        }
     }
 
     /// Builds and hydrates a query; returns the rows it holds (one per holding partition).
@@ -1233,6 +1483,38 @@ impl Group {
                 self.clients.remove(&name);
             }
         }
+    }
+}
+
+fn crud_table(op: &zc_protocol::messages::CrudOp) -> &str {
+    use zc_protocol::messages::CrudOp;
+    match op {
+        CrudOp::Insert { table_name, .. }
+        | CrudOp::Upsert { table_name, .. }
+        | CrudOp::Update { table_name, .. }
+        | CrudOp::Delete { table_name, .. } => table_name,
+        #[allow(unreachable_patterns)]
+        _ => "",
+    }
+}
+
+/// A client-sent JSON value as the replica stores a column of this kind.
+fn json_to_value(kind: &zc_types::TypeKind, v: &Json) -> Value {
+    use zc_types::TypeKind as K;
+    match (kind, v) {
+        (_, Json::Null) => Value::Null,
+        (K::Int, Json::Number(n)) => n
+            .as_i64()
+            .map(Value::Int)
+            .unwrap_or_else(|| Value::Float(n.as_f64().unwrap_or(f64::NAN))),
+        (
+            K::Float | K::Numeric | K::Timestamp | K::TimestampTz | K::Date | K::Time | K::TimeTz,
+            Json::Number(n),
+        ) => Value::Float(n.as_f64().unwrap_or(f64::NAN)),
+        (K::Bool, Json::Bool(b)) => Value::Bool(*b),
+        (K::Json | K::Jsonb | K::Array(_), other) => Value::Json(other.to_string()),
+        (_, Json::String(s)) => Value::Text(s.clone()),
+        (_, other) => zc_query::filter::literal_value(other),
     }
 }
 

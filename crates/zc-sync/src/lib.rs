@@ -5,9 +5,12 @@
 //! advance the pipelines.
 #![warn(missing_docs, unreachable_pub)]
 
+pub mod auth;
+mod crud;
 mod diff;
 pub mod forward;
 mod group;
+pub mod permissions;
 mod schema_check;
 mod service;
 mod source;

@@ -10,6 +10,7 @@ use zc_cvr::CvrStore;
 use zc_protocol::messages::{Downstream, InitConnectionBody, Upstream};
 use zc_replica::Replica;
 
+use crate::auth::{AuthConfig, Verifier};
 use crate::forward::{Endpoints, Forwarder};
 use crate::group::{Group, GroupMsg};
 
@@ -22,6 +23,10 @@ pub struct SyncConfig {
     pub shard_num: u32,
     /// The app's endpoints.
     pub endpoints: Endpoints,
+    /// Token verification (legacy JWT mode).
+    pub auth: AuthConfig,
+    /// The upstream database, for legacy CRUD mutations.
+    pub upstream_db: Option<String>,
 }
 
 /// A client's connection, as the transport parsed it.
@@ -50,6 +55,8 @@ pub(crate) struct Shared {
     pub(crate) replica: Replica,
     pub(crate) cvr: CvrStore,
     pub(crate) forwarder: Forwarder,
+    pub(crate) verifier: Verifier,
+    pub(crate) upstream: Option<sqlx::postgres::PgPool>,
     groups: Mutex<HashMap<String, mpsc::Sender<GroupMsg>>>,
     next_conn: AtomicU64,
 }
@@ -117,12 +124,21 @@ impl Syncer {
     /// A syncer over a replica and a CVR store.
     pub fn new(config: SyncConfig, replica: Replica, cvr: CvrStore) -> Syncer {
         let forwarder = Forwarder::new(config.endpoints.clone());
+        let verifier = Verifier::new(config.auth.clone());
+        let upstream = config.upstream_db.as_deref().and_then(|url| {
+            sqlx::postgres::PgPoolOptions::new()
+                .max_connections(4)
+                .connect_lazy(url)
+                .ok()
+        });
         Syncer {
             shared: Arc::new(Shared {
                 config,
                 replica,
                 cvr,
                 forwarder,
+                verifier,
+                upstream,
                 groups: Mutex::new(HashMap::new()),
                 next_conn: AtomicU64::new(1),
             }),

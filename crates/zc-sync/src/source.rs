@@ -29,13 +29,13 @@ use zc_types::{Row, TableName, TableSpec, Value};
 use crate::Error;
 
 /// Every replicated table of one snapshot, as query sources.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct SnapshotSources {
     snapshot: Arc<Snapshot>,
     tables: BTreeMap<String, TableSource>,
 }
 
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 struct TableSource {
     spec: TableSpec,
     snapshot: Arc<Snapshot>,

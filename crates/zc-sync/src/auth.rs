@@ -1,0 +1,197 @@
+//! Token verification of the legacy path (`ZERO_AUTH_SECRET`, `ZERO_AUTH_JWK`,
+//! `ZERO_AUTH_JWKS_URL`): the token must be a valid, unexpired JWT signed with the
+//! configured key, and its `sub` must be the connection's `userID`. Its claims become
+//! `authData` for permission rules. Without any of these settings tokens are opaque and are
+//! passed to the app's endpoints, which validate them.
+
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use jsonwebtoken::jwk::{Jwk, JwkSet};
+use jsonwebtoken::{Algorithm, DecodingKey, Validation, decode, decode_header};
+use serde_json::Value as Json;
+use zc_protocol::messages::ErrorBody;
+
+/// The JWT settings.
+#[derive(Debug, Clone, Default)]
+pub struct AuthConfig {
+    /// `ZERO_AUTH_SECRET`: an HMAC secret (HS256/384/512).
+    pub secret: Option<String>,
+    /// `ZERO_AUTH_JWK`: one public key as a JWK (JSON).
+    pub jwk: Option<String>,
+    /// `ZERO_AUTH_JWKS_URL`: where to fetch the key set (cached for five minutes).
+    pub jwks_url: Option<String>,
+}
+
+impl AuthConfig {
+    /// True when tokens are JWTs verified by the server.
+    pub fn is_jwt(&self) -> bool {
+        self.secret.is_some() || self.jwk.is_some() || self.jwks_url.is_some()
+    }
+}
+
+/// Verifies tokens.
+#[derive(Debug)]
+pub struct Verifier {
+    config: AuthConfig,
+    http: reqwest::Client,
+    jwks: Mutex<Option<(Instant, JwkSet)>>,
+}
+
+const JWKS_TTL: Duration = Duration::from_secs(300);
+
+fn invalid(message: impl Into<String>) -> ErrorBody {
+    ErrorBody::auth_invalidated(message)
+}
+
+impl Verifier {
+    /// A verifier for these settings.
+    pub fn new(config: AuthConfig) -> Verifier {
+        Verifier {
+            config,
+            http: reqwest::Client::new(),
+            jwks: Mutex::new(None),
+        }
+    }
+
+    /// True when tokens are JWTs verified by the server.
+    pub fn is_jwt(&self) -> bool {
+        self.config.is_jwt()
+    }
+
+    async fn key_set(&self, refresh: bool) -> Result<JwkSet, ErrorBody> {
+        if !refresh
+            && let Ok(cache) = self.jwks.lock()
+            && let Some((at, set)) = cache.as_ref()
+            && at.elapsed() < JWKS_TTL
+        {
+            return Ok(set.clone());
+        }
+        let Some(url) = &self.config.jwks_url else {
+            return Err(invalid("no JWKS URL is configured"));
+        };
+        let set: JwkSet = self
+            .http
+            .get(url)
+            .send()
+            .await
+            .map_err(|e| invalid(format!("could not fetch the JWKS: {e}")))?
+            .text()
+            .await
+            .map_err(|e| invalid(format!("could not read the JWKS: {e}")))
+            .and_then(|t| {
+                serde_json::from_str(&t).map_err(|e| invalid(format!("invalid JWKS: {e}")))
+            })?;
+        if let Ok(mut cache) = self.jwks.lock() {
+            *cache = Some((Instant::now(), set.clone()));
+        }
+        Ok(set)
+    }
+
+    fn key_from_jwk(jwk: &Jwk) -> Result<DecodingKey, ErrorBody> {
+        DecodingKey::from_jwk(jwk).map_err(|e| invalid(format!("unusable JWK: {e}")))
+    }
+
+    /// Verifies `token` for `user_id`; returns its claims.
+    pub async fn verify(&self, token: &str, user_id: Option<&str>) -> Result<Json, ErrorBody> {
+        let header = decode_header(token).map_err(|e| invalid(format!("invalid token: {e}")))?;
+        let (key, algorithms): (DecodingKey, Vec<Algorithm>) =
+            if let Some(secret) = &self.config.secret {
+                (
+                    DecodingKey::from_secret(secret.as_bytes()),
+                    vec![Algorithm::HS256, Algorithm::HS384, Algorithm::HS512],
+                )
+            } else if let Some(jwk) = &self.config.jwk {
+                let jwk: Jwk = serde_json::from_str(jwk)
+                    .map_err(|e| invalid(format!("ZERO_AUTH_JWK is not a JWK: {e}")))?;
+                (Self::key_from_jwk(&jwk)?, vec![header.alg])
+            } else {
+                let kid = header.kid.clone().unwrap_or_default();
+                let mut set = self.key_set(false).await?;
+                if set.find(&kid).is_none() {
+                    set = self.key_set(true).await?;
+                }
+                let jwk = set
+                    .find(&kid)
+                    .or_else(|| set.keys.first())
+                    .ok_or_else(|| invalid("no key in the JWKS matches the token"))?;
+                (Self::key_from_jwk(jwk)?, vec![header.alg])
+            };
+        let mut validation = Validation::new(header.alg);
+        validation.algorithms = algorithms;
+        validation.validate_aud = false;
+        validation.required_spec_claims.clear();
+        validation.validate_exp = true;
+        let data = decode::<Json>(token, &key, &validation)
+            .map_err(|e| invalid(format!("token verification failed: {e}")))?;
+        let claims = data.claims;
+        let sub = claims.get("sub").and_then(Json::as_str);
+        match (user_id, sub) {
+            (None, _) => Err(ErrorBody::unauthorized(
+                "Authenticated connections require a userID.",
+            )),
+            (Some(u), Some(s)) if u != s => Err(ErrorBody::unauthorized(format!(
+                "JWT subject {s} does not match the userID {u}"
+            ))),
+            _ => Ok(claims),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use jsonwebtoken::{EncodingKey, Header, encode};
+    use serde_json::json;
+    use zc_protocol::messages::ErrorKind;
+
+    use super::*;
+
+    fn token(secret: &str, claims: Json) -> String {
+        encode(
+            &Header::default(),
+            &claims,
+            &EncodingKey::from_secret(secret.as_bytes()),
+        )
+        .expect("token")
+    }
+
+    fn now() -> u64 {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0)
+    }
+
+    #[tokio::test]
+    async fn secrets_verify_signature_expiry_and_subject() {
+        let v = Verifier::new(AuthConfig {
+            secret: Some("s3cret".into()),
+            ..AuthConfig::default()
+        });
+        let good = token(
+            "s3cret",
+            json!({"sub": "u1", "exp": now() + 600, "role": "admin"}),
+        );
+        let claims = v.verify(&good, Some("u1")).await.expect("valid");
+        assert_eq!(claims["role"], "admin");
+        let kind = |r: Result<Json, ErrorBody>| r.err().map(|e| e.kind());
+        assert_eq!(
+            kind(v.verify(&good, Some("u2")).await),
+            Some(ErrorKind::Unauthorized)
+        );
+        let wrong_key = token("other", json!({"sub": "u1", "exp": now() + 600}));
+        assert_eq!(
+            kind(v.verify(&wrong_key, Some("u1")).await),
+            Some(ErrorKind::AuthInvalidated)
+        );
+        let expired = token("s3cret", json!({"sub": "u1", "exp": now() - 600}));
+        assert_eq!(
+            kind(v.verify(&expired, Some("u1")).await),
+            Some(ErrorKind::AuthInvalidated)
+        );
+        assert_eq!(
+            kind(v.verify("not a jwt", Some("u1")).await),
+            Some(ErrorKind::AuthInvalidated)
+        );
+    }
+}
