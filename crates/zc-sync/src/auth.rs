@@ -49,7 +49,7 @@ impl Verifier {
     pub fn new(config: AuthConfig) -> Verifier {
         Verifier {
             config,
-            http: reqwest::Client::new(),
+            http: crate::forward::http_client(),
             jwks: Mutex::new(None),
         }
     }

@@ -74,6 +74,16 @@ pub struct Forwarder {
     endpoints: Endpoints,
 }
 
+/// An HTTP client (reqwest is built without a bundled crypto provider: ring is installed
+/// as the process default, as sqlx uses it).
+pub(crate) fn http_client() -> reqwest::Client {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    reqwest::Client::builder()
+        .timeout(Duration::from_secs(30))
+        .build()
+        .unwrap_or_else(|_| reqwest::Client::new())
+}
+
 fn preview(body: &str) -> Option<String> {
     if body.is_empty() {
         None
@@ -85,13 +95,10 @@ fn preview(body: &str) -> Option<String> {
 impl Forwarder {
     /// A forwarder for these endpoints.
     pub fn new(endpoints: Endpoints) -> Forwarder {
-        // reqwest is built without a bundled crypto provider; use ring, as sqlx does.
-        let _ = rustls::crypto::ring::default_provider().install_default();
-        let http = reqwest::Client::builder()
-            .timeout(Duration::from_secs(30))
-            .build()
-            .unwrap_or_default();
-        Forwarder { http, endpoints }
+        Forwarder {
+            http: http_client(),
+            endpoints,
+        }
     }
 
     /// The endpoints.
