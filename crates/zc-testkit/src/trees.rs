@@ -200,7 +200,8 @@ fn exists(rng: &mut StdRng, t: usize, depth: u32) -> String {
     )
 }
 
-fn condition(rng: &mut StdRng, t: usize, depth: u32) -> String {
+/// A random condition on table `t` (JSON), with subqueries up to `depth` levels.
+pub fn condition(rng: &mut StdRng, t: usize, depth: u32) -> String {
     match rng.random_range(0..6) {
         0 | 1 if depth > 0 => exists(rng, t, depth),
         2 if depth > 0 => {
