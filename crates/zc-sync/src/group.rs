@@ -1217,6 +1217,11 @@ impl Group {
                 if !folded.values.is_empty() || !meta.is_empty() || self.cvr.version != previous {
                     self.cvr.version = at;
                 }
+                // New permissions: ad-hoc queries run again under the new rules.
+                let permissions = format!("{}.permissions", self.shared.config.app_id);
+                if changes.iter().any(|(t, _)| t.zero_name() == permissions) {
+                    self.reapply_permissions()?;
+                }
             }
             Advance::Reset => {
                 self.version = next_version;
@@ -1359,6 +1364,34 @@ impl Group {
         }
         self.cvr.version = at;
         Ok(())
+    }
+
+    /// Re-derives every ad-hoc query from its AST under the current permissions and
+    /// rebuilds the pipelines.
+    fn reapply_permissions(&mut self) -> Result<(), ErrorBody> {
+        let perms = self.permissions();
+        let auth = self
+            .clients
+            .values()
+            .find_map(|c| c.creds.auth_data.clone())
+            .unwrap_or_else(|| serde_json::json!({}));
+        let adhoc: Vec<(String, Json)> = self
+            .cvr
+            .queries
+            .iter()
+            .filter(|(h, q)| !q.deleted && q.name.is_none() && self.live.contains_key(*h))
+            .filter_map(|(h, q)| q.ast.clone().map(|a| (h.clone(), a)))
+            .collect();
+        if adhoc.is_empty() {
+            return Ok(());
+        }
+        for (hash, ast) in adhoc {
+            if let Ok(ast) = zc_protocol::ast::from_value(ast) {
+                self.resolved
+                    .insert(hash, perms.transform_query(&ast, &auth));
+            }
+        }
+        self.rehydrate_all()
     }
 
     fn live_ast(&self, hash: &str) -> Option<Ast> {
