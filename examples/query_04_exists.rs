@@ -9,46 +9,32 @@
 #![allow(clippy::print_stdout)]
 
 use zc_query::pipeline::RowChange;
-use zc_query::tree::{Sources, TreeQuery};
-use zc_query::{MemorySource, Source, ast};
+use zc_query::tree::TreeQuery;
+use zc_query::view::MemorySources;
+use zc_query::{MemorySource, ast};
 use zc_types::{ColumnSpec, TableName, TableSpec, TypeKind, Value};
 
-struct Tables {
-    issue: MemorySource,
-    comment: MemorySource,
-}
-
-impl Sources for Tables {
-    fn source(&self, table: &str) -> Option<&dyn Source> {
-        match table {
-            "issue" => Some(&self.issue),
-            "comment" => Some(&self.comment),
-            _ => None,
-        }
-    }
-}
-
 fn main() {
-    let mut db = Tables {
-        issue: MemorySource::new(TableSpec::new(
-            TableName::new("public", "issue"),
-            vec![
-                ColumnSpec::new("id", TypeKind::Int),
-                ColumnSpec::new("title", TypeKind::Text),
-            ],
-            vec![0],
-        )),
-        comment: MemorySource::new(TableSpec::new(
-            TableName::new("public", "comment"),
-            vec![
-                ColumnSpec::new("id", TypeKind::Int),
-                ColumnSpec::new("issueID", TypeKind::Int),
-            ],
-            vec![0],
-        )),
-    };
+    let mut db = MemorySources::new();
+    db.add(MemorySource::new(TableSpec::new(
+        TableName::new("public", "issue"),
+        vec![
+            ColumnSpec::new("id", TypeKind::Int),
+            ColumnSpec::new("title", TypeKind::Text),
+        ],
+        vec![0],
+    )));
+    db.add(MemorySource::new(TableSpec::new(
+        TableName::new("public", "comment"),
+        vec![
+            ColumnSpec::new("id", TypeKind::Int),
+            ColumnSpec::new("issueID", TypeKind::Int),
+        ],
+        vec![0],
+    )));
     for (id, title) in [(1, "crash on start"), (2, "slow sync")] {
-        db.issue
+        db.table_mut("issue")
+            .expect("issue table")
             .upsert(vec![Value::Int(id), title.into()])
             .expect("row fits");
     }
@@ -64,14 +50,19 @@ fn main() {
     println!("hydrated: {:?}", tree.hydrate(&db).expect("hydration"));
 
     let comment = vec![Value::Int(10), Value::Int(2)];
-    db.comment.upsert(comment.clone()).expect("row fits");
+    db.table_mut("comment")
+        .expect("comment table")
+        .upsert(comment.clone())
+        .expect("row fits");
     println!(
         "first comment on issue 2: {:?}",
         tree.push("comment", &RowChange::Add(comment.clone()), &db)
             .expect("push")
     );
 
-    db.comment.remove(&comment);
+    db.table_mut("comment")
+        .expect("comment table")
+        .remove(&comment);
     println!(
         "comment deleted: {:?}",
         tree.push("comment", &RowChange::Remove(comment), &db)

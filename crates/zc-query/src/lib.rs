@@ -19,6 +19,7 @@ pub mod filter;
 pub mod pipeline;
 mod source;
 pub mod tree;
+pub mod view;
 
 pub use source::{
     MemorySource, RowStream, ScanRequest, Source, SourceError, Sources, after_start,

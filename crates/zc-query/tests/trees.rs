@@ -12,66 +12,22 @@
 // The case printout is what a failing run shows (libtest captures it otherwise).
 #![allow(clippy::print_stderr)]
 
-use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use zc_query::pipeline::RowChange;
-use zc_query::tree::{Sources, TreeQuery};
+use zc_query::tree::TreeQuery;
+use zc_query::view::{FlatView, MemorySources};
 use zc_query::{MemorySource, ScanRequest, Source};
 use zc_testkit::TestDb;
 use zc_testkit::regressions::Regressions;
 use zc_testkit::trees::{
-    DDL, TABLES, delete_sql, exec, key_of, level, oracle, random_row, spec, table_index, upsert_sql,
+    DDL, TABLES, delete_sql, exec, key_of, level, oracle, random_row, spec, upsert_sql,
 };
-use zc_types::Row;
 
-struct Db {
-    tables: Vec<MemorySource>,
-}
-
-impl Sources for Db {
-    fn source(&self, table: &str) -> Option<&dyn Source> {
-        TABLES
-            .iter()
-            .position(|(n, _, _)| *n == table)
-            .map(|i| &self.tables[i] as &dyn Source)
-    }
-}
-
-type View = BTreeMap<(String, String), (usize, Row)>;
-
-fn apply(view: &mut View, outs: &[(String, RowChange)]) {
-    for (table, c) in outs {
-        let t = table_index(table);
-        match c {
-            RowChange::Add(r) => {
-                let e = view
-                    .entry((table.clone(), key_of(t, r)))
-                    .or_insert((0, r.clone()));
-                e.0 += 1;
-                e.1 = r.clone();
-            }
-            RowChange::Remove(r) => {
-                let k = (table.clone(), key_of(t, r));
-                let e = view
-                    .get_mut(&k)
-                    .unwrap_or_else(|| panic!("remove of absent {k:?}"));
-                e.0 -= 1;
-                if e.0 == 0 {
-                    view.remove(&k);
-                }
-            }
-            RowChange::Edit { old, new } => {
-                assert_eq!(key_of(t, old), key_of(t, new), "edit changes the key");
-                let k = (table.clone(), key_of(t, new));
-                view.get_mut(&k)
-                    .unwrap_or_else(|| panic!("edit of absent {k:?}"))
-                    .1 = new.clone();
-            }
-        }
-    }
+fn table(db: &mut MemorySources, t: usize) -> &mut MemorySource {
+    db.table_mut(TABLES[t].0).expect("table")
 }
 
 async fn run_case(conn: &mut sqlx::PgConnection, seed: u64) -> usize {
@@ -81,31 +37,27 @@ async fn run_case(conn: &mut sqlx::PgConnection, seed: u64) -> usize {
         "TRUNCATE \"user\", issue, comment, issue_label".into(),
     )
     .await;
-    let mut db = Db {
-        tables: (0..TABLES.len())
-            .map(|i| MemorySource::new(spec(i)))
-            .collect(),
-    };
+    let mut db = MemorySources::new();
+    for i in 0..TABLES.len() {
+        db.add(MemorySource::new(spec(i)));
+    }
     for _ in 0..rng.random_range(0..25) {
         let t = rng.random_range(0..TABLES.len());
         let row = random_row(&mut rng, t);
         exec(conn, upsert_sql(t, &row)).await;
-        db.tables[t].upsert(row).expect("upsert");
+        table(&mut db, t).upsert(row).expect("upsert");
     }
     let root = [0, 1, 1, 1, 2, 3][rng.random_range(0..6)];
     let q = level(&mut rng, root, 2);
     let ast = zc_query::ast::parse(&q).unwrap_or_else(|e| panic!("{e}: {q}"));
     eprintln!("case {seed}: {q}");
     let mut tree = TreeQuery::build(&ast, &db).unwrap_or_else(|e| panic!("{e}: {q}"));
-    let mut view = View::new();
+    let mut view = FlatView::new();
     let hydrated = tree.hydrate(&db).expect("hydrate");
     eprintln!("  hydrated {hydrated:?}");
-    apply(&mut view, &hydrated);
-    let strip = |v: &View| -> BTreeMap<(String, String), Row> {
-        v.iter().map(|(k, (_, r))| (k.clone(), r.clone())).collect()
-    };
+    view.apply(&hydrated, &db).expect("consistent output");
     assert_eq!(
-        strip(&view),
+        view.rows(),
         oracle(conn, &ast).await,
         "hydration of {q}\nseed {seed}"
     );
@@ -113,7 +65,7 @@ async fn run_case(conn: &mut sqlx::PgConnection, seed: u64) -> usize {
     for _ in 0..rng.random_range(1..12) {
         let t = rng.random_range(0..TABLES.len());
         let new = random_row(&mut rng, t);
-        let existing = db.tables[t]
+        let existing = table(&mut db, t)
             .scan(&ScanRequest::default())
             .expect("scan")
             .map(|r| r.expect("row"))
@@ -121,12 +73,12 @@ async fn run_case(conn: &mut sqlx::PgConnection, seed: u64) -> usize {
         let change = match (rng.random_range(0..3), existing) {
             (0, Some(old)) => {
                 exec(conn, delete_sql(t, &old)).await;
-                db.tables[t].remove(&old);
+                table(&mut db, t).remove(&old);
                 RowChange::Remove(old)
             }
             (_, existing) => {
                 exec(conn, upsert_sql(t, &new)).await;
-                db.tables[t].upsert(new.clone()).expect("upsert");
+                table(&mut db, t).upsert(new.clone()).expect("upsert");
                 match existing {
                     Some(old) => RowChange::Edit { old, new },
                     None => RowChange::Add(new),
@@ -138,9 +90,9 @@ async fn run_case(conn: &mut sqlx::PgConnection, seed: u64) -> usize {
             .push(TABLES[t].0, &change, &db)
             .unwrap_or_else(|e| panic!("{e}: {q}"));
         eprintln!("  -> {outs:?}");
-        apply(&mut view, &outs);
+        view.apply(&outs, &db).expect("consistent output");
         assert_eq!(
-            strip(&view),
+            view.rows(),
             oracle(conn, &ast).await,
             "{q}\nafter {} {change:?}\nseed {seed}",
             TABLES[t].0

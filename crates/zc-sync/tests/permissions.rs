@@ -4,69 +4,24 @@
 //! through random changes) equal what PostgreSQL returns for the query with the rules'
 //! conditions applied at every level.
 
-use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde_json::json;
 use zc_query::pipeline::RowChange;
-use zc_query::tree::{Sources, TreeQuery};
+use zc_query::tree::TreeQuery;
+use zc_query::view::{FlatView, MemorySources};
 use zc_query::{MemorySource, ScanRequest, Source};
 use zc_sync::permissions::Permissions;
 use zc_testkit::TestDb;
 use zc_testkit::regressions::Regressions;
 use zc_testkit::trees::{
-    DDL, TABLES, condition, delete_sql, exec, key_of, level, oracle, random_row, spec, table_index,
-    upsert_sql,
+    DDL, TABLES, condition, delete_sql, exec, key_of, level, oracle, random_row, spec, upsert_sql,
 };
-use zc_types::Row;
 
-struct Db {
-    tables: Vec<MemorySource>,
-}
-
-impl Sources for Db {
-    fn source(&self, table: &str) -> Option<&dyn Source> {
-        TABLES
-            .iter()
-            .position(|(n, _, _)| *n == table)
-            .map(|i| &self.tables[i] as &dyn Source)
-    }
-}
-
-type View = BTreeMap<(String, String), (usize, Row)>;
-
-fn apply(view: &mut View, outs: &[(String, RowChange)]) {
-    for (table, c) in outs {
-        let t = table_index(table);
-        match c {
-            RowChange::Add(r) => {
-                let e = view
-                    .entry((table.clone(), key_of(t, r)))
-                    .or_insert((0, r.clone()));
-                e.0 += 1;
-                e.1 = r.clone();
-            }
-            RowChange::Remove(r) => {
-                let k = (table.clone(), key_of(t, r));
-                let e = view.get_mut(&k).expect("remove of a present row");
-                e.0 -= 1;
-                if e.0 == 0 {
-                    view.remove(&k);
-                }
-            }
-            RowChange::Edit { new, .. } => {
-                view.get_mut(&(table.clone(), key_of(t, new)))
-                    .expect("edit of a present row")
-                    .1 = new.clone();
-            }
-        }
-    }
-}
-
-fn rows_only(v: &View) -> BTreeMap<(String, String), Row> {
-    v.iter().map(|(k, (_, r))| (k.clone(), r.clone())).collect()
+fn table(db: &mut MemorySources, t: usize) -> &mut MemorySource {
+    db.table_mut(TABLES[t].0).expect("table")
 }
 
 fn random_permissions(rng: &mut StdRng) -> serde_json::Value {
@@ -98,16 +53,15 @@ async fn run_case(conn: &mut sqlx::PgConnection, seed: u64) -> usize {
         "TRUNCATE \"user\", issue, comment, issue_label".into(),
     )
     .await;
-    let mut db = Db {
-        tables: (0..TABLES.len())
-            .map(|i| MemorySource::new(spec(i)))
-            .collect(),
-    };
+    let mut db = MemorySources::new();
+    for i in 0..TABLES.len() {
+        db.add(MemorySource::new(spec(i)));
+    }
     for _ in 0..rng.random_range(0..25) {
         let t = rng.random_range(0..TABLES.len());
         let row = random_row(&mut rng, t);
         exec(conn, upsert_sql(t, &row)).await;
-        db.tables[t].upsert(row).expect("upsert");
+        table(&mut db, t).upsert(row).expect("upsert");
     }
     let perms_json = random_permissions(&mut rng);
     let perms = Permissions::parse(&perms_json).expect("permissions");
@@ -117,19 +71,16 @@ async fn run_case(conn: &mut sqlx::PgConnection, seed: u64) -> usize {
     let ast = zc_query::ast::parse(&q).expect("ast");
     let restricted = perms.transform_query(&ast, &auth);
     let mut tree = TreeQuery::build(&restricted, &db).expect("build");
-    let mut view = View::new();
-    apply(&mut view, &tree.hydrate(&db).expect("hydrate"));
+    let mut view = FlatView::new();
+    view.apply(&tree.hydrate(&db).expect("hydrate"), &db)
+        .expect("consistent output");
     let context = format!("query {q}\npermissions {perms_json}\nauth {auth}\nseed {seed}");
-    assert_eq!(
-        rows_only(&view),
-        oracle(conn, &restricted).await,
-        "{context}"
-    );
+    assert_eq!(view.rows(), oracle(conn, &restricted).await, "{context}");
     let mut checks = 0;
     for _ in 0..rng.random_range(1..8) {
         let t = rng.random_range(0..TABLES.len());
         let new = random_row(&mut rng, t);
-        let existing = db.tables[t]
+        let existing = table(&mut db, t)
             .scan(&ScanRequest::default())
             .expect("scan")
             .map(|r| r.expect("row"))
@@ -137,24 +88,22 @@ async fn run_case(conn: &mut sqlx::PgConnection, seed: u64) -> usize {
         let change = match (rng.random_range(0..3), existing) {
             (0, Some(old)) => {
                 exec(conn, delete_sql(t, &old)).await;
-                db.tables[t].remove(&old);
+                table(&mut db, t).remove(&old);
                 RowChange::Remove(old)
             }
             (_, existing) => {
                 exec(conn, upsert_sql(t, &new)).await;
-                db.tables[t].upsert(new.clone()).expect("upsert");
+                table(&mut db, t).upsert(new.clone()).expect("upsert");
                 match existing {
                     Some(old) => RowChange::Edit { old, new },
                     None => RowChange::Add(new),
                 }
             }
         };
-        apply(
-            &mut view,
-            &tree.push(TABLES[t].0, &change, &db).expect("push"),
-        );
+        let outs = tree.push(TABLES[t].0, &change, &db).expect("push");
+        view.apply(&outs, &db).expect("consistent output");
         assert_eq!(
-            rows_only(&view),
+            view.rows(),
             oracle(conn, &restricted).await,
             "{context}\nafter {change:?}"
         );

@@ -11,60 +11,20 @@
 // The case printout is what a failing run shows (libtest captures it otherwise).
 #![allow(clippy::print_stderr)]
 
-use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use tokio_util::sync::CancellationToken;
-use zc_query::pipeline::RowChange;
 use zc_query::tree::TreeQuery;
+use zc_query::view::FlatView;
 use zc_replica::Replica;
 use zc_sync::{Advance, SnapshotSources, diff};
 use zc_testkit::TestDb;
 use zc_testkit::regressions::Regressions;
-use zc_testkit::trees::{
-    DDL, TABLES, delete_sql, exec, key_of, level, oracle, random_row, table_index, upsert_sql,
-};
-use zc_types::{Row, TableName, Value};
+use zc_testkit::trees::{DDL, TABLES, delete_sql, exec, level, oracle, random_row, upsert_sql};
+use zc_types::{TableName, Value};
 use zc_wal::{Replicator, WalConfig};
-
-type View = BTreeMap<(String, String), (usize, Row)>;
-
-fn apply(view: &mut View, outs: &[(String, RowChange)]) {
-    for (table, c) in outs {
-        let t = table_index(table);
-        match c {
-            RowChange::Add(r) => {
-                let e = view
-                    .entry((table.clone(), key_of(t, r)))
-                    .or_insert((0, r.clone()));
-                e.0 += 1;
-                e.1 = r.clone();
-            }
-            RowChange::Remove(r) => {
-                let k = (table.clone(), key_of(t, r));
-                let e = view
-                    .get_mut(&k)
-                    .unwrap_or_else(|| panic!("remove of absent {k:?}"));
-                e.0 -= 1;
-                if e.0 == 0 {
-                    view.remove(&k);
-                }
-            }
-            RowChange::Edit { new, .. } => {
-                let k = (table.clone(), key_of(t, new));
-                view.get_mut(&k)
-                    .unwrap_or_else(|| panic!("edit of absent {k:?}"))
-                    .1 = new.clone();
-            }
-        }
-    }
-}
-
-fn rows_only(v: &View) -> BTreeMap<(String, String), Row> {
-    v.iter().map(|(k, (_, r))| (k.clone(), r.clone())).collect()
-}
 
 struct World {
     db: TestDb,
@@ -129,10 +89,11 @@ async fn run_case(w: &mut World, seed: u64) -> usize {
     eprintln!("case {seed}: {q}");
     let ast = zc_query::ast::parse(&q).unwrap_or_else(|e| panic!("{e}: {q}"));
     let mut tree = TreeQuery::build(&ast, &sources).unwrap_or_else(|e| panic!("{e}: {q}"));
-    let mut view = View::new();
-    apply(&mut view, &tree.hydrate(&sources).expect("hydrate"));
+    let mut view = FlatView::new();
+    view.apply(&tree.hydrate(&sources).expect("hydrate"), &sources)
+        .expect("consistent output");
     assert_eq!(
-        rows_only(&view),
+        view.rows(),
         oracle(&mut w.conn, &ast).await,
         "hydration of {q}\nseed {seed}"
     );
@@ -164,20 +125,22 @@ async fn run_case(w: &mut World, seed: u64) -> usize {
             let outs = tree
                 .push(&table.zero_name(), change, &sources)
                 .unwrap_or_else(|e| panic!("{e}: {q}"));
-            apply(&mut view, &outs);
+            view.apply(&outs, &sources).expect("consistent output");
         }
         sources = SnapshotSources::new(next).expect("sources");
         version = next_version;
         assert_eq!(
-            rows_only(&view),
+            view.rows(),
             oracle(&mut w.conn, &ast).await,
             "{q}\nafter {changes:?}\nseed {seed}"
         );
         // A tree rebuilt on the new snapshot agrees too.
         let mut fresh = TreeQuery::build(&ast, &sources).expect("build");
-        let mut again = View::new();
-        apply(&mut again, &fresh.hydrate(&sources).expect("hydrate"));
-        assert_eq!(rows_only(&again), rows_only(&view), "{q}\nseed {seed}");
+        let mut again = FlatView::new();
+        again
+            .apply(&fresh.hydrate(&sources).expect("hydrate"), &sources)
+            .expect("consistent output");
+        assert_eq!(again.rows(), view.rows(), "{q}\nseed {seed}");
         checks += 1;
     }
     checks
