@@ -10,8 +10,9 @@
 //!   correlations, their membership before the change (read through an overlay that undoes
 //!   it) and after it are compared, and only flips enter the parent's pipeline.
 //! - As in zero-cache, the rows a condition's subquery matches are synced too, capped at 3
-//!   per parent row in the result (1 for permission rules), so that the client can evaluate
-//!   the condition itself: each condition also acts as a hidden related subquery.
+//!   per parent row in the result, so that the client can evaluate the condition itself:
+//!   each condition also acts as a hidden related subquery. Conditions of permission rules
+//!   (`system: "permissions"`) are not: their rows are never sent.
 //!
 //! A change is pushed to the partitions that exist *before* the node's own pipeline sees it;
 //! partitions created while handling the change hydrate from the source, which already holds
@@ -35,8 +36,6 @@ use crate::source::{
 
 /// Rows zero-cache syncs per parent for a client EXISTS condition.
 pub const EXISTS_LIMIT: u64 = 3;
-/// Rows zero-cache syncs per parent for a permission rule's EXISTS condition.
-pub const PERMISSIONS_EXISTS_LIMIT: u64 = 1;
 
 /// A tree query could not be built or read.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -372,18 +371,24 @@ impl Node {
         for r in ast.related.iter().flatten() {
             slots.push(Self::slot(ast, r, source.spec(), sources, None)?);
         }
-        // The rows each condition's subquery matches are synced too (capped).
+        // The rows each condition's subquery matches are synced too (capped), except for
+        // permission rules: the client never evaluates those, and their rows may be ones
+        // the user cannot read.
         let mut conditions = Vec::new();
         if let Some(w) = &ast.where_ {
             collect_subqueries(w, &mut conditions);
         }
         for r in conditions {
-            let cap = if r.system == Some(System::Permissions) {
-                PERMISSIONS_EXISTS_LIMIT
-            } else {
-                EXISTS_LIMIT
-            };
-            slots.push(Self::slot(ast, r, source.spec(), sources, Some(cap))?);
+            if r.system == Some(System::Permissions) {
+                continue;
+            }
+            slots.push(Self::slot(
+                ast,
+                r,
+                source.spec(),
+                sources,
+                Some(EXISTS_LIMIT),
+            )?);
         }
         Ok(Node {
             level,

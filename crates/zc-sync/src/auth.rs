@@ -41,7 +41,28 @@ pub struct Verifier {
 const JWKS_TTL: Duration = Duration::from_secs(300);
 
 fn invalid(message: impl Into<String>) -> ErrorBody {
-    ErrorBody::auth_invalidated(message)
+    ErrorBody::auth_invalidated(format!("Failed to decode auth token: {}", message.into()))
+}
+
+/// zero-cache's wording (from the `jose` library) for a verification failure.
+fn describe(e: &jsonwebtoken::errors::Error) -> String {
+    use jsonwebtoken::errors::ErrorKind as K;
+    match e.kind() {
+        K::InvalidSignature => {
+            "JWSSignatureVerificationFailed: signature verification failed".into()
+        }
+        K::ExpiredSignature => "JWTExpired: \"exp\" claim timestamp check failed".into(),
+        K::ImmatureSignature => {
+            "JWTClaimValidationFailed: \"nbf\" claim timestamp check failed".into()
+        }
+        K::InvalidToken | K::Base64(_) | K::Json(_) | K::Utf8(_) => {
+            "JWSInvalid: Invalid Compact JWS".into()
+        }
+        K::InvalidAlgorithm => {
+            "JOSEAlgNotAllowed: \"alg\" (Algorithm) Header Parameter value not allowed".into()
+        }
+        other => format!("{other:?}"),
+    }
 }
 
 impl Verifier {
@@ -94,7 +115,7 @@ impl Verifier {
 
     /// Verifies `token` for `user_id`; returns its claims.
     pub async fn verify(&self, token: &str, user_id: Option<&str>) -> Result<Json, ErrorBody> {
-        let header = decode_header(token).map_err(|e| invalid(format!("invalid token: {e}")))?;
+        let header = decode_header(token).map_err(|e| invalid(describe(&e)))?;
         let (key, algorithms): (DecodingKey, Vec<Algorithm>) =
             if let Some(secret) = &self.config.secret {
                 (
@@ -122,17 +143,16 @@ impl Verifier {
         validation.validate_aud = false;
         validation.required_spec_claims.clear();
         validation.validate_exp = true;
-        let data = decode::<Json>(token, &key, &validation)
-            .map_err(|e| invalid(format!("token verification failed: {e}")))?;
+        let data = decode::<Json>(token, &key, &validation).map_err(|e| invalid(describe(&e)))?;
         let claims = data.claims;
         let sub = claims.get("sub").and_then(Json::as_str);
         match (user_id, sub) {
             (None, _) => Err(ErrorBody::unauthorized(
                 "Authenticated connections require a userID.",
             )),
-            (Some(u), Some(s)) if u != s => Err(ErrorBody::unauthorized(format!(
-                "JWT subject {s} does not match the userID {u}"
-            ))),
+            (Some(u), s) if s != Some(u) => Err(invalid(
+                "JWTClaimValidationFailed: unexpected \"sub\" claim value",
+            )),
             _ => Ok(claims),
         }
     }
@@ -177,7 +197,7 @@ mod tests {
         let kind = |r: Result<Json, ErrorBody>| r.err().map(|e| e.kind());
         assert_eq!(
             kind(v.verify(&good, Some("u2")).await),
-            Some(ErrorKind::Unauthorized)
+            Some(ErrorKind::AuthInvalidated)
         );
         let wrong_key = token("other", json!({"sub": "u1", "exp": now() + 600}));
         assert_eq!(

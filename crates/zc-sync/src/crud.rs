@@ -97,7 +97,8 @@ fn is_serialization_failure(e: &sqlx::Error) -> bool {
         .is_some_and(|c| c == "40001" || c == "40P01")
 }
 
-/// Applies one CRUD mutation: `ops` are the statements the permissions allow.
+/// Applies one CRUD mutation: `ops` are the statements the permissions allow; with
+/// `failure`, the mutation is known to fail and only its LMID is recorded.
 pub(crate) async fn apply(
     pool: &PgPool,
     shard: &str,
@@ -105,14 +106,17 @@ pub(crate) async fn apply(
     client: &str,
     id: u64,
     ops: &[(String, String)],
+    failure: Option<String>,
 ) -> Result<Outcome, ErrorBody> {
-    let mut error_mode: Option<String> = None;
+    let mut error_mode: Option<String> = failure;
     let mut attempts = 0;
     loop {
         attempts += 1;
         let result = run(pool, shard, group, client, id, ops, error_mode.is_some()).await;
         match result {
-            Ok(()) => {
+            // Processed before (a re-sent push): nothing to report.
+            Ok(false) => return Ok(Outcome::Done),
+            Ok(true) => {
                 return Ok(match error_mode {
                     Some(m) => Outcome::Failed(m),
                     None => Outcome::Done,
@@ -151,7 +155,7 @@ async fn run(
     id: u64,
     ops: &[(String, String)],
     error_mode: bool,
-) -> Result<(), RunError> {
+) -> Result<bool, RunError> {
     let mut tx = pool
         .begin_with("BEGIN ISOLATION LEVEL SERIALIZABLE")
         .await?;
@@ -172,7 +176,7 @@ async fn run(
     if expected > id {
         // Already applied: nothing to do.
         tx.rollback().await?;
-        return Ok(());
+        return Ok(false);
     }
     if expected < id {
         tx.rollback().await?;
@@ -189,5 +193,5 @@ async fn run(
         }
     }
     tx.commit().await?;
-    Ok(())
+    Ok(true)
 }

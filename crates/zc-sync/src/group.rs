@@ -320,24 +320,8 @@ impl Group {
         if self.cvr.user_id.is_none() {
             self.cvr.user_id.clone_from(&conn.user_id);
         }
-        // Legacy JWT mode: the server verifies the token; its claims are `authData`.
-        let mut auth_data = None;
-        if self.shared.verifier.is_jwt()
-            && let Some(token) = conn.auth.as_deref().filter(|t| !t.is_empty())
-        {
-            match self
-                .shared
-                .verifier
-                .verify(token, conn.user_id.as_deref())
-                .await
-            {
-                Ok(claims) => auth_data = Some(claims),
-                Err(e) => {
-                    let _ = out.send(Downstream::Error(e)).await;
-                    return Ok(());
-                }
-            }
-        }
+        // Legacy JWT mode: the transport verified the token; its claims are `authData`.
+        let auth_data = conn.auth_data.clone();
         let creds = Credentials {
             token: conn.auth.clone(),
             cookie: conn.cookie_header.clone(),
@@ -457,6 +441,13 @@ impl Group {
                 if let Mutation::Crud(m) = m
                     && let Err(e) = self.crud(&creds, m).await
                 {
+                    if e.kind() == zc_protocol::messages::ErrorKind::MutationFailed {
+                        // Transient: the connection stays (the client decides).
+                        if let Some(c) = self.clients.get(client) {
+                            let _ = c.out.send(Downstream::Error(e)).await;
+                        }
+                        continue;
+                    }
                     self.send_error(client, e).await;
                     return;
                 }
@@ -489,12 +480,19 @@ impl Group {
             .clone()
             .unwrap_or_else(|| serde_json::json!({}));
         let mut statements = Vec::new();
+        let mut failure = None;
         for op in &m.ops {
             let table = crud_table(op);
             let Some(spec) = self.sources.spec(table).cloned() else {
                 tracing::warn!(group = %self.id, table, "CRUD operation on an unknown table skipped");
                 continue;
             };
+            // As zero-cache: inserting an existing row, or changing a missing one, fails the
+            // whole mutation (checked against the replica).
+            if let Some(problem) = self.crud_precondition(&spec, op) {
+                failure = Some(problem);
+                break;
+            }
             if !tokio::task::block_in_place(|| self.write_allowed(&spec, op, &perms, &auth)) {
                 tracing::debug!(group = %self.id, table, "CRUD operation denied by the write permissions");
                 continue;
@@ -504,7 +502,20 @@ impl Group {
             }
         }
         let shard = self.shared.shard_schema();
-        match crate::crud::apply(&pool, &shard, &self.id, &m.client_id, m.id, &statements).await? {
+        if failure.is_some() {
+            statements.clear();
+        }
+        match crate::crud::apply(
+            &pool,
+            &shard,
+            &self.id,
+            &m.client_id,
+            m.id,
+            &statements,
+            failure,
+        )
+        .await?
+        {
             crate::crud::Outcome::Done => Ok(()),
             crate::crud::Outcome::Failed(message) => Err(ErrorBody::mutation_failed(message)),
         }
@@ -583,6 +594,44 @@ impl Group {
             (3, Some(old)) => self.rule_holds(spec, rules.delete.as_ref(), old, None, auth, None),
             // Updating or deleting a missing row is a no-op.
             _ => true,
+        }
+    }
+
+    /// Why `op` cannot apply to the replica's current rows, if it cannot.
+    fn crud_precondition(
+        &self,
+        spec: &zc_types::TableSpec,
+        op: &zc_protocol::messages::CrudOp,
+    ) -> Option<String> {
+        use zc_protocol::messages::CrudOp;
+        let (value, must_exist) = match op {
+            CrudOp::Insert { value, .. } => (value, Some(false)),
+            CrudOp::Update { value, .. } | CrudOp::Delete { value, .. } => (value, Some(true)),
+            _ => return None,
+        };
+        let mut key_row = vec![Value::Null; spec.columns.len()];
+        for (k, v) in value.iter() {
+            if let Some(i) = spec.columns.iter().position(|c| c.name == k) {
+                key_row[i] = json_to_value(&spec.columns[i].pg_type.kind, v);
+            }
+        }
+        let key: serde_json::Map<String, Json> = spec
+            .key
+            .iter()
+            .map(|&k| (spec.columns[k].name.clone(), key_row[k].to_json()))
+            .collect();
+        let exists = self.current_row(spec, &key_row).is_some();
+        let table = spec.name.zero_name();
+        match must_exist {
+            Some(false) if exists => Some(format!(
+                "Error: Row already exists in table {table} with primary key {}",
+                Json::Object(key)
+            )),
+            Some(true) if !exists => Some(format!(
+                "Error: Pre-mutation row not found for table {table} with primary key {}",
+                Json::Object(key)
+            )),
+            _ => None,
         }
     }
 

@@ -48,6 +48,8 @@ pub struct Connection {
     pub cookie_header: Option<String>,
     /// The upgrade request's `Origin` header.
     pub origin: Option<String>,
+    /// The verified token's claims (legacy JWT mode; see [`Syncer::verify_token`]).
+    pub auth_data: Option<serde_json::Value>,
 }
 
 pub(crate) struct Shared {
@@ -190,6 +192,21 @@ impl Syncer {
         let id = id.to_owned();
         zc_types::task::spawn_named("client-group", Group::run(shared, id, rx));
         tx
+    }
+
+    /// Legacy JWT mode: verifies a connection's token (its claims become `authData`).
+    /// Without JWT settings, or without a token, there is nothing to verify.
+    pub async fn verify_token(
+        &self,
+        token: Option<&str>,
+        user_id: Option<&str>,
+    ) -> Result<Option<serde_json::Value>, zc_protocol::messages::ErrorBody> {
+        match token.filter(|t| !t.is_empty()) {
+            Some(t) if self.shared.verifier.is_jwt() => {
+                self.shared.verifier.verify(t, user_id).await.map(Some)
+            }
+            _ => Ok(None),
+        }
     }
 
     /// The number of active client groups.

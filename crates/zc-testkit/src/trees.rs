@@ -13,8 +13,6 @@ use zc_types::{ColumnSpec, Row, TableName, TableSpec, TypeKind, Value};
 
 /// Rows zero-cache syncs per parent for a client EXISTS condition.
 pub const EXISTS_LIMIT: u64 = 3;
-/// Rows zero-cache syncs per parent for a permission rule's EXISTS condition.
-pub const PERMISSIONS_EXISTS_LIMIT: u64 = 1;
 
 /// The tables in PostgreSQL.
 pub const DDL: &str = "CREATE TABLE \"user\" (id int4 PRIMARY KEY, name text, age int4);
@@ -311,11 +309,11 @@ pub async fn oracle(conn: &mut sqlx::PgConnection, ast: &Ast) -> BTreeMap<(Strin
             subqueries(w, &mut conds);
         }
         for r in conds {
-            let cap = if r.system == Some(System::Permissions) {
-                PERMISSIONS_EXISTS_LIMIT
-            } else {
-                EXISTS_LIMIT
-            };
+            // Rows of permission-rule conditions are never synced.
+            if r.system == Some(System::Permissions) {
+                continue;
+            }
+            let cap = EXISTS_LIMIT;
             let mut sub = (*r.subquery).clone();
             sub.limit = Some(sub.limit.map_or(cap, |l| l.min(cap)));
             children.push((sub, &r.correlation.parent_field, &r.correlation.child_field));

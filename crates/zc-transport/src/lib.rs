@@ -19,7 +19,9 @@ use tokio::sync::mpsc;
 use warp::Filter;
 use warp::ws::{Message, WebSocket};
 use zc_protocol::connect::{ConnectError, ConnectParams, parse_connect_path};
-use zc_protocol::messages::{ConnectedBody, Downstream, ErrorBody, Upstream, parse_upstream};
+use zc_protocol::messages::{
+    ConnectedBody, Downstream, ErrorBody, ErrorKind, Upstream, parse_upstream,
+};
 use zc_sync::{Connection, Syncer};
 
 /// Errors of the transport.
@@ -160,6 +162,19 @@ async fn session(
             return;
         }
     };
+    // Legacy JWT mode: a bad token is refused before anything else, as zero-cache does.
+    let auth_data = match syncer
+        .verify_token(auth.as_deref(), params.user_id.as_deref())
+        .await
+    {
+        Ok(claims) => claims,
+        Err(e) => {
+            let reason: String = e.message().chars().take(120).collect();
+            let _ = send(&mut socket, &Downstream::Error(e)).await;
+            let _ = socket.send(Message::close_with(3000u16, reason)).await;
+            return;
+        }
+    };
     let wsid = params.wsid.clone();
     let connected = Downstream::Connected(ConnectedBody {
         wsid,
@@ -210,6 +225,7 @@ async fn session(
                 auth,
                 cookie_header: cookie,
                 origin,
+                auth_data,
             },
             out_tx.clone(),
         )
@@ -219,11 +235,25 @@ async fn session(
     // Writer: everything for this client, in order; an error message ends the connection.
     let writer = zc_types::task::spawn_named("ws-writer", async move {
         while let Some(msg) = out_rx.recv().await {
-            let fatal = matches!(msg, Downstream::Error(_));
+            // Transient errors leave the connection open (the client decides); auth errors
+            // close with 3000 and the message, as zero-cache does; others just close.
+            let close = match &msg {
+                Downstream::Error(e) => match e.kind() {
+                    ErrorKind::MutationFailed | ErrorKind::MutationRateLimited => None,
+                    ErrorKind::AuthInvalidated | ErrorKind::Unauthorized => {
+                        Some(Some(e.message().chars().take(120).collect::<String>()))
+                    }
+                    _ => Some(None),
+                },
+                _ => None,
+            };
             if sink.send(Message::text(msg.to_json())).await.is_err() {
                 break;
             }
-            if fatal {
+            if let Some(reason) = close {
+                if let Some(reason) = reason {
+                    let _ = sink.send(Message::close_with(3000u16, reason)).await;
+                }
                 break;
             }
         }
