@@ -214,4 +214,72 @@ mod tests {
             Some(ErrorKind::AuthInvalidated)
         );
     }
+
+    fn oct_jwk(secret: &str) -> String {
+        use base64::Engine as _;
+        let k = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(secret);
+        json!({"kty": "oct", "k": k, "alg": "HS256", "kid": "k1"}).to_string()
+    }
+
+    #[tokio::test]
+    async fn a_jwk_and_a_fetched_jwks_verify_tokens() {
+        let claims = json!({"sub": "u1", "exp": now() + 600});
+        let v = Verifier::new(AuthConfig {
+            jwk: Some(oct_jwk("jwk-secret")),
+            ..AuthConfig::default()
+        });
+        assert!(
+            v.verify(&token("jwk-secret", claims.clone()), Some("u1"))
+                .await
+                .is_ok()
+        );
+        assert!(
+            v.verify(&token("other", claims.clone()), Some("u1"))
+                .await
+                .is_err()
+        );
+
+        // A JWKS served over HTTP, fetched once and cached.
+        let set = format!("{{\"keys\":[{}]}}", oct_jwk("jwks-secret"));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let port = listener.local_addr().expect("addr").port();
+        let served = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let count = std::sync::Arc::clone(&served);
+        #[allow(clippy::disallowed_methods)]
+        tokio::spawn(async move {
+            use tokio::io::{AsyncReadExt, AsyncWriteExt};
+            while let Ok((mut s, _)) = listener.accept().await {
+                let mut buf = [0u8; 4096];
+                let _ = s.read(&mut buf).await;
+                count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                let body = set.clone();
+                let _ = s
+                    .write_all(
+                        format!(
+                            "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                            body.len()
+                        )
+                        .as_bytes(),
+                    )
+                    .await;
+            }
+        });
+        let v = Verifier::new(AuthConfig {
+            jwks_url: Some(format!("http://127.0.0.1:{port}/jwks")),
+            ..AuthConfig::default()
+        });
+        let mut header = Header::default();
+        header.kid = Some("k1".into());
+        let signed =
+            encode(&header, &claims, &EncodingKey::from_secret(b"jwks-secret")).expect("token");
+        assert!(v.verify(&signed, Some("u1")).await.is_ok());
+        assert!(v.verify(&signed, Some("u1")).await.is_ok());
+        assert_eq!(
+            served.load(std::sync::atomic::Ordering::SeqCst),
+            1,
+            "the key set is cached"
+        );
+    }
 }
