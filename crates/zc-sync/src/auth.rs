@@ -270,8 +270,10 @@ mod tests {
             jwks_url: Some(format!("http://127.0.0.1:{port}/jwks")),
             ..AuthConfig::default()
         });
-        let mut header = Header::default();
-        header.kid = Some("k1".into());
+        let header = Header {
+            kid: Some("k1".into()),
+            ..Header::default()
+        };
         let signed =
             encode(&header, &claims, &EncodingKey::from_secret(b"jwks-secret")).expect("token");
         assert!(v.verify(&signed, Some("u1")).await.is_ok());
