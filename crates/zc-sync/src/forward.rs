@@ -84,6 +84,26 @@ pub(crate) fn http_client() -> reqwest::Client {
         .unwrap_or_else(|_| reqwest::Client::new())
 }
 
+/// The body of a 2xx response; otherwise the message and cause of zero-cache's
+/// `reason: "http"` failures (the caller picks TransformFailed or PushFailed).
+async fn body_if_ok(response: reqwest::Response) -> Result<String, (String, FailureCause)> {
+    let status = response.status();
+    let text = response.text().await.unwrap_or_default();
+    if status.is_success() {
+        return Ok(text);
+    }
+    Err((
+        format!(
+            "Fetch from API server returned non-OK status {}",
+            status.as_u16()
+        ),
+        FailureCause::Http {
+            status: status.as_u16(),
+            body_preview: preview(&text),
+        },
+    ))
+}
+
 fn preview(body: &str) -> Option<String> {
     if body.is_empty() {
         None
@@ -198,21 +218,10 @@ impl Forwarder {
             }
             tokio::time::sleep(Duration::from_millis(100 << attempt.min(3))).await;
         };
-        let status = response.status();
-        let text = response.text().await.unwrap_or_default();
-        if !status.is_success() {
-            return Err(ErrorBody::transform_failed(
-                format!(
-                    "Fetch from API server returned non-OK status {}",
-                    status.as_u16()
-                ),
-                ids,
-                FailureCause::Http {
-                    status: status.as_u16(),
-                    body_preview: preview(&text),
-                },
-            ));
-        }
+        let text = match body_if_ok(response).await {
+            Ok(text) => text,
+            Err((message, cause)) => return Err(ErrorBody::transform_failed(message, ids, cause)),
+        };
         let parse_error = |what: &str| {
             ErrorBody::transform_failed(
                 format!("Could not parse the API server's response: {what}"),
@@ -301,21 +310,10 @@ impl Forwarder {
                     FailureCause::ZeroCache(ZeroCacheFailureReason::Internal),
                 )
             })?;
-        let status = response.status();
-        let text = response.text().await.unwrap_or_default();
-        if !status.is_success() {
-            return Err(ErrorBody::push_failed(
-                format!(
-                    "Fetch from API server returned non-OK status {}",
-                    status.as_u16()
-                ),
-                ids,
-                FailureCause::Http {
-                    status: status.as_u16(),
-                    body_preview: preview(&text),
-                },
-            ));
-        }
+        let text = match body_if_ok(response).await {
+            Ok(text) => text,
+            Err((message, cause)) => return Err(ErrorBody::push_failed(message, ids, cause)),
+        };
         let value: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
         if let Some(kind) = value.get("kind").and_then(Value::as_str)
             && kind == "PushFailed"
