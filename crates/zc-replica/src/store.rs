@@ -955,16 +955,35 @@ impl Snapshot {
         lower: Bound<Vec<u8>>,
         upper: Bound<Vec<u8>>,
     ) -> Result<RowIter<'static>> {
+        self.scan_key_range_dir(table, lower, upper, false)
+    }
+
+    /// [`scan_key_range`](Self::scan_key_range), in descending key order when `reverse`.
+    pub fn scan_key_range_dir(
+        &self,
+        table: &TableName,
+        lower: Bound<Vec<u8>>,
+        upper: Bound<Vec<u8>>,
+        reverse: bool,
+    ) -> Result<RowIter<'static>> {
         let rows = self.rows_of(table)?;
         let range = rows.range::<&[u8]>((
             lower.as_ref().map(Vec::as_slice),
             upper.as_ref().map(Vec::as_slice),
         ))?;
         let name = table.clone();
-        Ok(Box::new(range.map(move |entry| {
+        let decode = move |entry: std::result::Result<
+            (redb::AccessGuard<'static, &[u8]>, redb::AccessGuard<'static, &[u8]>),
+            redb::StorageError,
+        >| {
             let (_, v) = entry?;
             decode_stored_row(&name, v.value())
-        })))
+        };
+        if reverse {
+            Ok(Box::new(range.rev().map(decode)))
+        } else {
+            Ok(Box::new(range.map(decode)))
+        }
     }
 
     /// Rows in the order of a secondary index, restricted to index keys that start with the
@@ -974,6 +993,17 @@ impl Snapshot {
         table: &TableName,
         index: &str,
         prefix: &[Value],
+    ) -> Result<RowIter<'static>> {
+        self.scan_index_dir(table, index, prefix, false)
+    }
+
+    /// [`scan_index`](Self::scan_index), in descending index order when `reverse`.
+    pub fn scan_index_dir(
+        &self,
+        table: &TableName,
+        index: &str,
+        prefix: &[Value],
+        reverse: bool,
     ) -> Result<RowIter<'static>> {
         let spec = self.table(table)?;
         let idx = spec
@@ -1006,7 +1036,10 @@ impl Snapshot {
         let rows = self.rows_of(table)?;
         let descs: Vec<bool> = idx.columns.iter().map(|&(_, d)| d).collect();
         let tname = table.clone();
-        Ok(Box::new(range.map(move |entry| {
+        let lookup = move |entry: std::result::Result<
+            (redb::AccessGuard<'static, &[u8]>, redb::AccessGuard<'static, ()>),
+            redb::StorageError,
+        >| {
             let (k, _) = entry?;
             let mut rest = k.value();
             for &desc in &descs {
@@ -1020,7 +1053,12 @@ impl Snapshot {
                 .get(rest)?
                 .ok_or_else(|| Error::CorruptRow(tname.clone()))?;
             decode_stored_row(&tname, raw.value())
-        })))
+        };
+        if reverse {
+            Ok(Box::new(range.rev().map(lookup)))
+        } else {
+            Ok(Box::new(range.map(lookup)))
+        }
     }
 
     /// The change log entries with versions in `(after, upto]`, in version order.
