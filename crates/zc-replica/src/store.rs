@@ -834,6 +834,15 @@ impl std::fmt::Debug for Snapshot {
     }
 }
 
+/// One entry of a redb range over a table keyed by bytes.
+type RangeEntry<V> = std::result::Result<
+    (
+        redb::AccessGuard<'static, &'static [u8]>,
+        redb::AccessGuard<'static, V>,
+    ),
+    redb::StorageError,
+>;
+
 /// Rows of a table in key (or index) order, with their versions.
 pub type RowIter<'a> = Box<dyn Iterator<Item = Result<(Row, Lsn)>> + 'a>;
 
@@ -972,10 +981,7 @@ impl Snapshot {
             upper.as_ref().map(Vec::as_slice),
         ))?;
         let name = table.clone();
-        let decode = move |entry: std::result::Result<
-            (redb::AccessGuard<'static, &[u8]>, redb::AccessGuard<'static, &[u8]>),
-            redb::StorageError,
-        >| {
+        let decode = move |entry: RangeEntry<&'static [u8]>| {
             let (_, v) = entry?;
             decode_stored_row(&name, v.value())
         };
@@ -1036,10 +1042,7 @@ impl Snapshot {
         let rows = self.rows_of(table)?;
         let descs: Vec<bool> = idx.columns.iter().map(|&(_, d)| d).collect();
         let tname = table.clone();
-        let lookup = move |entry: std::result::Result<
-            (redb::AccessGuard<'static, &[u8]>, redb::AccessGuard<'static, ()>),
-            redb::StorageError,
-        >| {
+        let lookup = move |entry: RangeEntry<()>| {
             let (k, _) = entry?;
             let mut rest = k.value();
             for &desc in &descs {
