@@ -16,7 +16,7 @@
 
 use std::cmp::Ordering;
 
-use zc_protocol::ast::{Ast, Direction};
+use zc_protocol::ast::{Ast, Direction, SimpleOp};
 use zc_types::{Row, TableSpec, Value};
 
 use crate::compare::compare_rows;
@@ -81,9 +81,33 @@ pub struct Pipeline {
     limit: Option<usize>,
     /// Equalities every row must meet (a related subquery's correlation to its parent).
     constraint: Vec<(usize, Value)>,
+    /// `column = literal` conditions the predicate requires (for the source's choice of
+    /// index; see [`ScanRequest::hints`]).
+    hints: Vec<(usize, Value)>,
     /// With a limit: the rows in the window, in order.
     window: Vec<Row>,
     key: Vec<usize>,
+}
+
+/// The `column = literal` comparisons (non-null literal) that every row passing `p` meets:
+/// `p` itself or members of a top-level `and`.
+fn required_equalities(p: &Predicate) -> Vec<(usize, Value)> {
+    let one = |p: &Predicate| match p {
+        Predicate::Compare {
+            column,
+            op: SimpleOp::Eq,
+            right,
+            ..
+        } => match right.as_slice() {
+            [v] if !v.is_null() => Some((*column, v.clone())),
+            _ => None,
+        },
+        _ => None,
+    };
+    match p {
+        Predicate::And(all) => all.iter().filter_map(one).collect(),
+        other => one(other).into_iter().collect(),
+    }
 }
 
 fn check_table(ast: &Ast, spec: &TableSpec) -> Result<(), BuildError> {
@@ -144,7 +168,12 @@ impl Pipeline {
             }
             None => None,
         };
+        let hints = predicate
+            .as_ref()
+            .map(required_equalities)
+            .unwrap_or_default();
         Ok(Pipeline {
+            hints,
             predicate,
             ordering,
             start,
@@ -212,6 +241,7 @@ impl Pipeline {
             ordering: &self.ordering,
             start,
             constraint: &self.constraint,
+            hints: &self.hints,
         })? {
             let row = row?;
             if self.admits(&row, exists)? {

@@ -41,6 +41,11 @@ pub struct ScanRequest<'a> {
     pub start: Option<(&'a [Value], bool)>,
     /// Only rows whose columns equal these (non-null) values, as a join correlation asks.
     pub constraint: &'a [(usize, Value)],
+    /// Equalities the caller's filter requires of every row it keeps (`column = literal`
+    /// conditions at the top of a `where`). A source MAY use them to read less (an index
+    /// whose leading column is one of them) and MAY return rows that do not meet them:
+    /// the caller filters anyway.
+    pub hints: &'a [(usize, Value)],
 }
 
 /// A table's rows, read in a requested order.
@@ -219,6 +224,7 @@ mod tests {
                 ordering,
                 start,
                 constraint: &[],
+                hints: &[],
             })
             .unwrap()
         };

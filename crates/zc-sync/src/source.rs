@@ -1,20 +1,23 @@
 //! `zc-query` sources over a replica snapshot.
 //!
-//! Reads use the replica's own orders: the primary key and the mirrored upstream indexes.
-//! A request is served, in order of preference, by
-//! 1. a key or index whose leading columns are the request's constraint columns and whose
-//!    remaining columns give the requested order: a range read, streamed, that stops when
-//!    the pipeline has enough rows;
-//! 2. a key or index whose leading columns are the constraint columns: a range read of
-//!    just the matching rows, sorted in memory;
-//! 3. a key or index that gives the requested order: streamed, filtered;
-//! 4. otherwise the whole table, filtered and sorted.
+//! Reads use the replica's own orders: the primary key and the mirrored upstream indexes,
+//! each readable forwards and backwards. A request's constraint (and the `column = literal`
+//! hints of its filter, when their values have the column's own kind) pin columns; the
+//! read chosen is the key or index that
+//! 1. has the most constraint columns as its leading columns (a range read of just those
+//!    rows), then
+//! 2. gives the requested order on the rest (streamed: the pipeline stops reading when it
+//!    has enough rows), or else the longest leading part of it (streamed, each run of rows
+//!    that tie on that part sorted in memory), then
+//! 3. pins the most columns.
+//!
+//! Reads with no useful order are sorted in memory.
 //!
 //! While pipelines advance from one snapshot to the next, the changes pushed so far are
 //! held in an overlay ([`SnapshotSources::apply`]), so that each push sees the state right
 //! after its own change and before the later ones, as `zc-query` requires.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::ops::Bound;
 use std::sync::Arc;
 
@@ -24,7 +27,7 @@ use zc_query::{
     RowStream, ScanRequest, Source, SourceError, Sources, after_start, complete_ordering, satisfies,
 };
 use zc_replica::{RowIter, Snapshot, key};
-use zc_types::{Row, TableName, TableSpec, Value};
+use zc_types::{Row, TableName, TableSpec, TypeKind, Value};
 
 use crate::Error;
 
@@ -112,6 +115,27 @@ struct Path<'a> {
     columns: Vec<(usize, bool)>,
 }
 
+/// The order a read yields its rows in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Yield {
+    /// The request's complete order.
+    Full,
+    /// Ordered by the first `n` columns of the request's order (without the pinned
+    /// columns); rows that tie on them come in some other order.
+    Leading(usize),
+    /// No useful order.
+    Unordered,
+}
+
+/// A read chosen for a request.
+struct Plan<'p> {
+    path: &'p Path<'p>,
+    /// How many leading path columns are pinned to a value (a range read).
+    pinned: usize,
+    reverse: bool,
+    order: Yield,
+}
+
 impl TableSource {
     fn paths(&self) -> Vec<Path<'_>> {
         let key: Vec<(usize, bool)> = self.spec.key.iter().map(|&k| (k, false)).collect();
@@ -134,80 +158,149 @@ impl TableSource {
         paths
     }
 
-    /// Chooses how to read; returns the rows and whether they come in `full` order.
-    fn read(
+    /// The hints a read can rely on: a value of the column's own kind (so that its key
+    /// encoding and equality are those of the stored values), on a column not already
+    /// constrained.
+    fn usable_hints(
         &self,
         constraint: &[(usize, Value)],
+        hints: &[(usize, Value)],
+    ) -> Vec<(usize, Value)> {
+        let mut out: Vec<(usize, Value)> = Vec::new();
+        for (c, v) in hints {
+            let Some(col) = self.spec.columns.get(*c) else {
+                continue;
+            };
+            let same_kind = matches!(
+                (&col.pg_type.kind, v),
+                (TypeKind::Bool, Value::Bool(_))
+                    | (TypeKind::Text, Value::Text(_))
+                    | (TypeKind::Int, Value::Int(_))
+            );
+            if same_kind
+                && !constraint.iter().any(|(x, _)| x == c)
+                && !out.iter().any(|(x, _)| x == c)
+            {
+                out.push((*c, v.clone()));
+            }
+        }
+        out
+    }
+
+    /// Picks the read for rows meeting `pins` (the constraint, then usable hints: the
+    /// first `required` of them are the request's constraint) in order `full`.
+    fn plan<'p>(
+        paths: &'p [Path<'p>],
+        pins: &[(usize, Value)],
+        required: usize,
         full: &[(usize, bool)],
-    ) -> Result<(RowIter<'static>, bool), SourceError> {
-        let fixed: BTreeSet<usize> = constraint.iter().map(|(c, _)| *c).collect();
+    ) -> Plan<'p> {
+        let pinned_col = |c: usize| pins.iter().any(|(x, _)| *x == c);
         let rest: Vec<(usize, bool)> = full
             .iter()
             .copied()
-            .filter(|(c, _)| !fixed.contains(c))
+            .filter(|(c, _)| !pinned_col(*c))
             .collect();
-        let paths = self.paths();
-        let prefixed = |p: &Path<'_>| {
-            p.columns.len() >= fixed.len()
-                && p.columns[..fixed.len()]
-                    .iter()
-                    .map(|(c, _)| *c)
-                    .collect::<BTreeSet<_>>()
-                    == fixed
-        };
-        let ordered = |p: &Path<'_>| p.columns[fixed.len()..] == rest[..];
-        let choice = paths
-            .iter()
-            .find(|p| prefixed(p) && ordered(p))
-            .map(|p| (p, true, true))
-            .or_else(|| {
-                paths
-                    .iter()
-                    .find(|p| !fixed.is_empty() && prefixed(p))
-                    .map(|p| (p, true, false))
-            })
-            .or_else(|| {
-                paths
-                    .iter()
-                    .find(|p| p.columns == full)
-                    .map(|p| (p, false, true))
-            });
-        let name = &self.spec.name;
-        let Some((path, use_prefix, in_order)) = choice else {
-            return Ok((self.snapshot.scan(name).map_err(read_error)?, false));
-        };
-        let prefix: Vec<Value> = if use_prefix {
-            path.columns[..fixed.len()]
+        let mut best: Option<((usize, bool, usize, usize), Plan<'p>)> = None;
+        for path in paths {
+            let pinned = path
+                .columns
                 .iter()
-                .map(|(c, _)| {
-                    constraint
-                        .iter()
-                        .find(|(x, _)| x == c)
-                        .map(|(_, v)| v.clone())
-                        .unwrap_or(Value::Null)
-                })
-                .collect()
-        } else {
-            Vec::new()
-        };
-        let rows = match path.index {
+                .take_while(|(c, _)| pinned_col(*c))
+                .count();
+            let covered = path.columns[..pinned]
+                .iter()
+                .filter(|(c, _)| pins[..required].iter().any(|(x, _)| x == c))
+                .count();
+            // Pinned columns are constant among the rows read: they do not order them.
+            let tail: Vec<(usize, bool)> = path.columns[pinned..]
+                .iter()
+                .copied()
+                .filter(|(c, _)| !pinned_col(*c))
+                .collect();
+            let run = |flip: bool| {
+                tail.iter()
+                    .zip(&rest)
+                    .take_while(|((pc, pd), (rc, rd))| pc == rc && (*pd != *rd) == flip)
+                    .count()
+            };
+            let (forward, backward) = (run(false), run(true));
+            let (k, reverse) = if backward > forward {
+                (backward, true)
+            } else {
+                (forward, false)
+            };
+            let order = if k == rest.len() {
+                Yield::Full
+            } else if k > 0 {
+                Yield::Leading(k)
+            } else {
+                Yield::Unordered
+            };
+            let score = (covered, order == Yield::Full, k, pinned);
+            if best.as_ref().is_none_or(|(b, _)| score > *b) {
+                best = Some((
+                    score,
+                    Plan {
+                        path,
+                        pinned,
+                        reverse,
+                        order,
+                    },
+                ));
+            }
+        }
+        let (_, plan) = best.unwrap_or_else(|| {
+            (
+                (0, false, 0, 0),
+                Plan {
+                    path: &paths[0],
+                    pinned: 0,
+                    reverse: false,
+                    order: Yield::Unordered,
+                },
+            )
+        });
+        plan
+    }
+
+    /// Reads the rows meeting `pins` (at least; the caller filters) as `plan` says.
+    fn read(
+        &self,
+        plan: &Plan<'_>,
+        pins: &[(usize, Value)],
+    ) -> Result<RowIter<'static>, SourceError> {
+        let name = &self.spec.name;
+        let prefix: Vec<Value> = plan.path.columns[..plan.pinned]
+            .iter()
+            .map(|(c, _)| {
+                pins.iter()
+                    .find(|(x, _)| x == c)
+                    .map(|(_, v)| v.clone())
+                    .unwrap_or(Value::Null)
+            })
+            .collect();
+        match plan.path.index {
             Some(index) => self
                 .snapshot
-                .scan_index(name, index, &prefix)
-                .map_err(read_error)?,
-            None if prefix.is_empty() => self.snapshot.scan(name).map_err(read_error)?,
+                .scan_index_dir(name, index, &prefix, plan.reverse)
+                .map_err(read_error),
             None => {
-                let lower = key::encode(prefix.iter());
-                let upper = match key::prefix_end(&lower) {
-                    Some(end) => Bound::Excluded(end),
-                    None => Bound::Unbounded,
+                let (lower, upper) = if prefix.is_empty() {
+                    (Bound::Unbounded, Bound::Unbounded)
+                } else {
+                    let lower = key::encode(prefix.iter());
+                    let upper = match key::prefix_end(&lower) {
+                        Some(end) => Bound::Excluded(end),
+                        None => Bound::Unbounded,
+                    };
+                    (Bound::Included(lower), upper)
                 };
                 self.snapshot
-                    .scan_key_range(name, Bound::Included(lower), upper)
-                    .map_err(read_error)?
+                    .scan_key_range_dir(name, lower, upper, plan.reverse)
+                    .map_err(read_error)
             }
-        };
-        Ok((rows, in_order))
+        }
     }
 }
 
@@ -229,16 +322,28 @@ impl Source for TableSource {
             return Ok(Box::new(std::iter::empty()));
         }
         let full = complete_ordering(&self.spec, request.ordering);
-        let (rows, in_order) = self.read(request.constraint, &full)?;
-        let constraint = request.constraint.to_vec();
+        // The rows must meet the constraint and may be narrowed by the usable hints.
+        let mut pins = request.constraint.to_vec();
+        let required = pins.len();
+        pins.extend(self.usable_hints(request.constraint, request.hints));
+        let paths = self.paths();
+        let plan = Self::plan(&paths, &pins, required, &full);
+        let rows = self.read(&plan, &pins)?;
+        let order = plan.order;
+        let rest: Vec<(usize, bool)> = full
+            .iter()
+            .copied()
+            .filter(|(c, _)| !pins.iter().any(|(x, _)| x == c))
+            .collect();
         let start: Option<(Row, bool)> = request.start.map(|(r, e)| (r.to_vec(), e));
         let key_cols = self.spec.key.clone();
         let overlay = &self.overlay;
         let keep = {
             let full = full.clone();
             let start = start.clone();
+            let pins = pins.clone();
             move |row: &Row| {
-                satisfies(row, &constraint)
+                satisfies(row, &pins)
                     && after_start(row, start.as_ref().map(|(r, e)| (r.as_slice(), *e)), &full)
             }
         };
@@ -260,17 +365,63 @@ impl Source for TableSource {
             Ok(_) => None,
             Err(e) => Some(Err(read_error(e))),
         });
-        if !in_order {
-            let mut all = base.collect::<Result<Vec<Row>, SourceError>>()?;
-            all.extend(extra);
-            all.sort_by(|a, b| compare_rows(a, b, &full));
-            return Ok(Box::new(all.into_iter().map(Ok)));
-        }
+        let base: RowStream<'_> = match order {
+            Yield::Full => Box::new(base),
+            Yield::Leading(k) => Box::new(TieSort {
+                inner: base.peekable(),
+                group: Vec::new().into_iter(),
+                leading: rest[..k].to_vec(),
+                full: full.clone(),
+            }),
+            Yield::Unordered => {
+                let mut all = base.collect::<Result<Vec<Row>, SourceError>>()?;
+                all.extend(extra);
+                all.sort_by(|a, b| compare_rows(a, b, &full));
+                return Ok(Box::new(all.into_iter().map(Ok)));
+            }
+        };
         Ok(Box::new(Merge {
             base: base.peekable(),
             extra: extra.into_iter().peekable(),
             full,
         }))
+    }
+}
+
+/// Completes the order of a stream ordered by its leading columns: each run of rows that
+/// tie on them is sorted by the full order (index ties are usually short).
+struct TieSort<I: Iterator<Item = Result<Row, SourceError>>> {
+    inner: std::iter::Peekable<I>,
+    group: std::vec::IntoIter<Row>,
+    leading: Vec<(usize, bool)>,
+    full: Vec<(usize, bool)>,
+}
+
+impl<I: Iterator<Item = Result<Row, SourceError>>> Iterator for TieSort<I> {
+    type Item = Result<Row, SourceError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if let Some(row) = self.group.next() {
+            return Some(Ok(row));
+        }
+        let first = match self.inner.next()? {
+            Ok(r) => r,
+            Err(e) => return Some(Err(e)),
+        };
+        let mut group = vec![first];
+        while let Some(Ok(next)) = self.inner.peek() {
+            if compare_rows(&group[0], next, &self.leading).is_ne() {
+                break;
+            }
+            if let Some(Ok(row)) = self.inner.next() {
+                group.push(row);
+            }
+        }
+        if group.len() > 1 {
+            group.sort_by(|a, b| compare_rows(a, b, &self.full));
+        }
+        self.group = group.into_iter();
+        self.group.next().map(Ok)
     }
 }
 
