@@ -282,6 +282,19 @@ async fn many_clients_follow_upstream_writes_and_bad_frames_only_hurt_their_send
         assert_eq!(view.ids(), vec!["i1", "i2"], "client {i}");
         clients.push((c, view));
     }
+    // The four groups run the same query for the same user: one pipeline.
+    let pipelines = |metrics: String| {
+        let label = format!("zc_sync_pipelines{{app=\"{}\"}} ", db.name);
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(label.as_str()).map(str::to_owned))
+    };
+    let metrics = reqwest_get(&format!("{}/metrics", server.base)).await;
+    assert_eq!(
+        pipelines(metrics.clone()).as_deref(),
+        Some("1"),
+        "{metrics}"
+    );
 
     // One client sends garbage: it gets InvalidMessage and is closed.
     let (mut bad, _) = clients.remove(0);

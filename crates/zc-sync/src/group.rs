@@ -24,10 +24,11 @@ use zc_query::tree::TreeQuery;
 use zc_query::{ScanRequest, Sources};
 use zc_types::{Lsn, Row, TableName, Value};
 
+use crate::SnapshotSources;
 use crate::forward::{Credentials, NamedQuery, Transformed};
+use crate::hub::{Step, StepKind, Subscription};
 use crate::permissions::Permissions;
 use crate::service::{Connection, Shared};
-use crate::{Advance, SnapshotSources, diff};
 
 /// Messages to a group actor.
 #[derive(Debug)]
@@ -57,13 +58,6 @@ struct Client {
     cookie: Option<String>,
 }
 
-/// Rows pushed out of pipelines in one step, folded per row.
-#[derive(Debug, Default)]
-struct Folded {
-    /// Rows whose contents changed (latest value).
-    values: BTreeMap<RowId, Row>,
-}
-
 /// Per-step changes of the shard tables: LMIDs and mutation results of this group.
 #[derive(Debug, Default)]
 struct Meta {
@@ -84,7 +78,10 @@ pub(crate) struct Group {
     sources: SnapshotSources,
     version: Lsn,
     clients: BTreeMap<String, Client>,
-    live: BTreeMap<String, TreeQuery>,
+    /// The shared pipeline each live query runs on.
+    live: BTreeMap<String, Subscription>,
+    /// The shared pipelines' steps, in version order.
+    steps: mpsc::Receiver<Arc<Step>>,
     /// The AST each live query runs.
     resolved: HashMap<String, Ast>,
     /// The current value of every row the group holds.
@@ -117,6 +114,12 @@ fn now_ms() -> i64 {
         .unwrap_or(0)
 }
 
+impl Drop for Group {
+    fn drop(&mut self) {
+        self.unsubscribe_all();
+    }
+}
+
 impl Group {
     /// Runs the actor until it has had no clients for a while.
     pub(crate) async fn run(shared: Arc<Shared>, id: String, mut rx: mpsc::Receiver<GroupMsg>) {
@@ -138,16 +141,9 @@ impl Group {
                 return;
             }
         };
-        let snapshot = match shared.replica.snapshot() {
-            Ok(s) => s,
-            Err(e) => {
-                tracing::error!(group = %id, error = %e, "could not read the replica");
-                return;
-            }
-        };
-        let version = snapshot.version().unwrap_or_default();
-        let sources = match SnapshotSources::new(snapshot) {
-            Ok(s) => s,
+        let registered = tokio::task::block_in_place(|| shared.hub.register(&shared.replica));
+        let (sources, version, steps) = match registered {
+            Ok(x) => x,
             Err(e) => {
                 tracing::error!(group = %id, error = %e, "could not read the replica");
                 return;
@@ -161,6 +157,7 @@ impl Group {
             version,
             clients: BTreeMap::new(),
             live: BTreeMap::new(),
+            steps,
             resolved: HashMap::new(),
             values: HashMap::new(),
             resumed: false,
@@ -169,6 +166,8 @@ impl Group {
         let mut versions = shared.replica.subscribe();
         let idle = Duration::from_secs(30);
         loop {
+            let expiry = group.next_expiry();
+            let idle_now = group.clients.is_empty();
             tokio::select! {
                 msg = rx.recv() => match msg {
                     Some(msg) => group.handle(msg).await,
@@ -178,16 +177,26 @@ impl Group {
                     if changed.is_err() {
                         break;
                     }
-                    if let Err(e) = group.advance().await {
+                    // The first group to see a new version advances the shared pipelines.
+                    let hub = Arc::clone(&group.shared);
+                    if let Err(e) = tokio::task::block_in_place(|| hub.hub.advance(&hub.replica)) {
+                        group.fail(ErrorBody::internal(e.to_string())).await;
+                    } else if let Err(e) = group.advance(None).await {
                         group.fail(e).await;
                     }
                 }
-                _ = tokio::time::sleep(expiry_wait(group.next_expiry())), if group.next_expiry().is_some() => {
+                step = group.steps.recv() => {
+                    // `None`: the hub dropped this group for lagging; `advance` rejoins.
+                    if let Err(e) = group.advance(step).await {
+                        group.fail(e).await;
+                    }
+                }
+                _ = tokio::time::sleep(expiry_wait(expiry)), if expiry.is_some() => {
                     if let Err(e) = group.expire().await {
                         group.fail(e).await;
                     }
                 }
-                _ = tokio::time::sleep(idle), if group.clients.is_empty() => {
+                _ = tokio::time::sleep(idle), if idle_now => {
                     // Idle: leave; the service starts a new actor on the next connect.
                     rx.close();
                     while let Ok(msg) = rx.try_recv() {
@@ -246,7 +255,7 @@ impl Group {
         if let Ok(cvr) = self.shared.cvr.load(&self.id).await {
             self.cvr = cvr;
         }
-        self.live.clear();
+        self.unsubscribe_all();
         self.resolved.clear();
         self.values.clear();
         self.resumed = false;
@@ -977,48 +986,39 @@ impl Group {
         }
     }
 
-    /// Builds and hydrates a query; returns the rows it holds (one per holding partition).
+    /// Subscribes a query to its shared pipeline (built and hydrated if no group runs it
+    /// yet); returns the rows it holds (one per holding partition).
     fn hydrate(&mut self, hash: &str, ast: &Ast) -> Result<Vec<RowId>, ErrorBody> {
-        let sources = &self.sources;
-        let built = tokio::task::block_in_place(|| {
-            let mut tree = TreeQuery::build(ast, sources)?;
-            let rows = tree.hydrate(sources)?;
-            Ok::<_, zc_query::tree::TreeError>((tree, rows))
-        });
-        let (tree, rows) = match built {
+        let shared = Arc::clone(&self.shared);
+        let subscribed = tokio::task::block_in_place(|| shared.hub.subscribe(&shared.replica, ast));
+        let (sub, rows) = match subscribed {
             Ok(x) => x,
             Err(e) => {
                 tracing::warn!(group = %self.id, query = hash, error = %e, "query cannot run");
+                if let Some(old) = self.live.remove(hash) {
+                    self.shared.hub.unsubscribe(&old);
+                }
                 return Ok(Vec::new());
             }
         };
-        self.live.insert(hash.to_owned(), tree);
+        if let Some(old) = self.live.insert(hash.to_owned(), sub) {
+            self.shared.hub.unsubscribe(&old);
+        }
         self.resolved.insert(hash.to_owned(), ast.clone());
         let mut ids = Vec::new();
-        for (table, change) in rows {
-            if let RowChange::Add(row) = change
-                && let Some(id) = self.row_id(&table, &row)
-            {
-                self.values.insert(id.clone(), row);
-                ids.push(id);
+        for (id, n, row) in rows {
+            for _ in 0..n {
+                ids.push(id.clone());
             }
+            self.values.insert(id, row);
         }
         Ok(ids)
     }
 
-    fn row_id(&self, table: &str, row: &[Value]) -> Option<RowId> {
-        let spec = self.sources.spec(table)?;
-        let mut key = serde_json::Map::new();
-        for &k in &spec.key {
-            key.insert(
-                spec.columns.get(k)?.name.clone(),
-                row.get(k).map(Value::to_json).unwrap_or(Json::Null),
-            );
+    fn unsubscribe_all(&mut self) {
+        for (_, sub) in std::mem::take(&mut self.live) {
+            self.shared.hub.unsubscribe(&sub);
         }
-        Some(RowId {
-            table: table.to_owned(),
-            key: Json::Object(key).to_string(),
-        })
     }
 
     /// Releases a query's rows and forgets it.
@@ -1029,7 +1029,9 @@ impl Group {
 
     /// Releases a query's rows (its pipeline stops).
     fn release_refs(&mut self, hash: &str, at: CvrVersion) {
-        self.live.remove(hash);
+        if let Some(sub) = self.live.remove(hash) {
+            self.shared.hub.unsubscribe(&sub);
+        }
         self.resolved.remove(hash);
         let held: Vec<(RowId, u32)> = self
             .cvr
@@ -1054,6 +1056,9 @@ impl Group {
         if patch.is_empty() {
             return Ok(());
         }
+        // Catch up with the shared pipelines first, so that new queries join them at the
+        // group's own version.
+        self.advance(None).await?;
         let at = self.next_version();
         let mut added: Vec<(String, QueryRecord)> = Vec::new();
         let mut removed = Vec::new();
@@ -1237,48 +1242,25 @@ impl Group {
         meta
     }
 
-    /// The replica has a new version: push its changes through the pipelines.
-    async fn advance(&mut self) -> Result<(), ErrorBody> {
-        let next = self
-            .shared
-            .replica
-            .snapshot()
-            .map_err(|e| ErrorBody::internal(format!("replica: {e}")))?;
-        let next_version = next.version().unwrap_or_default();
-        if next_version <= self.version {
-            return Ok(());
-        }
-        let advance = diff(self.sources.snapshot(), &next, self.version, next_version)
-            .map_err(|e| ErrorBody::internal(format!("replica: {e}")))?;
+    /// Applies the shared pipelines' pending steps (`first`, then whatever else is
+    /// queued), then writes the CVR and pokes the clients once for all of them.
+    async fn advance(&mut self, first: Option<Arc<Step>>) -> Result<(), ErrorBody> {
         let previous = self.cvr.version;
-        let shard = self.shared.shard_schema();
         let mut meta = Meta::default();
-        let mut folded = Folded::default();
-        match advance {
-            Advance::Rows(changes) => {
-                self.version = next_version;
-                let at = self.next_version();
-                tokio::task::block_in_place(|| {
-                    self.push_changes(&changes, &shard, at, &mut meta, &mut folded)
-                })?;
-                self.sources = SnapshotSources::new(next)
-                    .map_err(|e| ErrorBody::internal(format!("replica: {e}")))?;
-                if !folded.values.is_empty() || !meta.is_empty() || self.cvr.version != previous {
-                    self.cvr.version = at;
-                }
-                // New permissions: ad-hoc queries run again under the new rules.
-                let permissions = format!("{}.permissions", self.shared.config.app_id);
-                if changes.iter().any(|(t, _)| t.zero_name() == permissions) {
-                    self.reapply_permissions()?;
-                }
-            }
-            Advance::Reset => {
-                self.version = next_version;
-                self.sources = SnapshotSources::new(next)
-                    .map_err(|e| ErrorBody::internal(format!("replica: {e}")))?;
-                self.rehydrate_all()?;
-                meta = self.full_meta("");
-            }
+        let mut next = first;
+        loop {
+            let step = match next.take() {
+                Some(s) => s,
+                None => match self.steps.try_recv() {
+                    Ok(s) => s,
+                    Err(mpsc::error::TryRecvError::Empty) => break,
+                    Err(mpsc::error::TryRecvError::Disconnected) => {
+                        self.rejoin(&mut meta)?;
+                        break;
+                    }
+                },
+            };
+            self.apply_step(&step, &mut meta)?;
         }
         if self.cvr.version == previous {
             return Ok(());
@@ -1288,54 +1270,85 @@ impl Group {
         Ok(())
     }
 
-    fn push_changes(
-        &mut self,
-        changes: &[(TableName, RowChange)],
-        shard: &str,
-        at: CvrVersion,
-        meta: &mut Meta,
-        folded: &mut Folded,
-    ) -> Result<(), ErrorBody> {
-        for (table, change) in changes {
-            if table.schema == shard {
-                self.meta_change(table, change, meta);
-            }
-            self.sources.apply(table, change);
-            let name = table.zero_name();
-            let hashes: Vec<String> = self.live.keys().cloned().collect();
-            for hash in hashes {
-                let outs = match self.live.get_mut(&hash) {
-                    Some(tree) => tree
-                        .push(&name, change, &self.sources)
-                        .map_err(|e| ErrorBody::internal(format!("query {hash}: {e}")))?,
-                    None => continue,
-                };
-                for (t, out) in outs {
-                    match out {
-                        RowChange::Add(row) => {
-                            if let Some(id) = self.row_id(&t, &row) {
-                                self.cvr.adjust_row(&id, &hash, 1, at);
+    /// The hub dropped this group (it fell too far behind): register again and rebuild
+    /// every query at the hub's current version.
+    fn rejoin(&mut self, meta: &mut Meta) -> Result<(), ErrorBody> {
+        let shared = Arc::clone(&self.shared);
+        let (sources, version, steps) =
+            tokio::task::block_in_place(|| shared.hub.register(&shared.replica))
+                .map_err(|e| ErrorBody::internal(e.to_string()))?;
+        tracing::warn!(group = %self.id, "fell behind the shared pipelines; rebuilding its queries");
+        self.steps = steps;
+        self.sources = sources;
+        self.version = self.version.max(version);
+        self.rehydrate_all()?;
+        *meta = self.full_meta("");
+        Ok(())
+    }
+
+    /// One step of the shared pipelines: the outputs of the pipelines this group's queries
+    /// run on go into the CVR, at the step's version.
+    fn apply_step(&mut self, step: &Step, meta: &mut Meta) -> Result<(), ErrorBody> {
+        if step.to <= self.version {
+            return Ok(());
+        }
+        self.version = step.to;
+        self.sources = step.sources.clone();
+        let at = self.next_version();
+        match &step.kind {
+            StepKind::Rows { changes, outputs } => {
+                let shard = self.shared.shard_schema();
+                for (table, change) in changes {
+                    if table.schema == shard {
+                        self.meta_change(table, change, meta);
+                    }
+                }
+                // The queries on each pipeline that subscribed before this step.
+                let mut by_key: HashMap<Arc<str>, Vec<String>> = HashMap::new();
+                for (hash, sub) in &self.live {
+                    if sub.at < step.to {
+                        by_key
+                            .entry(Arc::clone(&sub.key))
+                            .or_default()
+                            .push(hash.clone());
+                    }
+                }
+                let mut changed = false;
+                for (key, id, out) in outputs {
+                    let Some(hashes) = by_key.get(key) else {
+                        continue;
+                    };
+                    changed = true;
+                    for hash in hashes {
+                        match out {
+                            RowChange::Add(row) => {
+                                self.cvr.adjust_row(id, hash, 1, at);
                                 self.values.insert(id.clone(), row.clone());
-                                folded.values.insert(id, row);
                             }
-                        }
-                        RowChange::Remove(row) => {
-                            if let Some(id) = self.row_id(&t, &row) {
-                                if !self.cvr.adjust_row(&id, &hash, -1, at) {
-                                    self.values.remove(&id);
+                            RowChange::Remove(_) => {
+                                if !self.cvr.adjust_row(id, hash, -1, at) {
+                                    self.values.remove(id);
                                 }
-                                folded.values.entry(id).or_insert(row);
                             }
-                        }
-                        RowChange::Edit { new, .. } => {
-                            if let Some(id) = self.row_id(&t, &new) {
-                                self.cvr.touch_row(&id, at);
+                            RowChange::Edit { new, .. } => {
+                                self.cvr.touch_row(id, at);
                                 self.values.insert(id.clone(), new.clone());
-                                folded.values.insert(id, new);
                             }
                         }
                     }
                 }
+                if changed || !meta.is_empty() {
+                    self.cvr.version = at;
+                }
+                // New permissions: ad-hoc queries run again under the new rules.
+                let permissions = format!("{}.permissions", self.shared.config.app_id);
+                if changes.iter().any(|(t, _)| t.zero_name() == permissions) {
+                    self.reapply_permissions()?;
+                }
+            }
+            StepKind::Reset => {
+                self.rehydrate_all()?;
+                *meta = self.full_meta("");
             }
         }
         Ok(())

@@ -10,6 +10,7 @@ mod crud;
 mod diff;
 pub mod forward;
 mod group;
+mod hub;
 pub mod permissions;
 mod schema_check;
 mod service;

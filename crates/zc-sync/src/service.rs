@@ -59,6 +59,8 @@ pub(crate) struct Shared {
     pub(crate) forwarder: Forwarder,
     pub(crate) verifier: Verifier,
     pub(crate) upstream: Option<sqlx::postgres::PgPool>,
+    /// Query pipelines shared between groups.
+    pub(crate) hub: crate::hub::Hub,
     groups: Mutex<HashMap<String, mpsc::Sender<GroupMsg>>>,
     next_conn: AtomicU64,
 }
@@ -127,6 +129,7 @@ impl Syncer {
     pub fn new(config: SyncConfig, replica: Replica, cvr: CvrStore) -> Syncer {
         let forwarder = Forwarder::new(config.endpoints.clone());
         let verifier = Verifier::new(config.auth.clone());
+        let hub = crate::hub::Hub::new(&config.app_id);
         let upstream = config.upstream_db.as_deref().and_then(|url| {
             sqlx::postgres::PgPoolOptions::new()
                 .max_connections(4)
@@ -141,6 +144,7 @@ impl Syncer {
                 forwarder,
                 verifier,
                 upstream,
+                hub,
                 groups: Mutex::new(HashMap::new()),
                 next_conn: AtomicU64::new(1),
             }),

@@ -1,0 +1,353 @@
+//! Query pipelines shared between client groups.
+//!
+//! A pipeline is keyed by the query as it runs: the resolved AST (after the query
+//! endpoint's transform or the read permissions), which already carries whatever of the
+//! user's auth context the query depends on. Every client group that runs the same AST
+//! subscribes to one pipeline; zero-cache builds one per group.
+//!
+//! The hub advances with the replica: on each new replica version, the first group to
+//! notice calls [`Hub::advance`], which diffs the snapshots once, pushes every change
+//! through every pipeline once, and sends each registered group one [`Step`]: the row
+//! changes (for the group's own bookkeeping of the shard tables) and every pipeline's
+//! output in change order. Groups apply the outputs of the pipelines they subscribe to,
+//! in order, to their client view records.
+//!
+//! A group subscribes at the hub's current version and receives the pipeline's rows at
+//! that version; outputs of steps up to that version are not for it. Groups catch up on
+//! their pending steps before they subscribe, so the two versions are normally equal.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use tokio::sync::mpsc;
+use zc_cvr::RowId;
+use zc_protocol::ast::Ast;
+use zc_query::pipeline::RowChange;
+use zc_query::tree::TreeQuery;
+use zc_replica::Replica;
+use zc_types::{Lsn, Row, TableName, Value};
+
+use crate::{Advance, SnapshotSources, diff};
+
+/// What changed from one replica version to the next, for the groups.
+#[derive(Debug)]
+pub(crate) struct Step {
+    /// The version the step leads to.
+    pub(crate) to: Lsn,
+    /// The sources at `to` (no overlay).
+    pub(crate) sources: SnapshotSources,
+    pub(crate) kind: StepKind,
+}
+
+#[derive(Debug)]
+pub(crate) enum StepKind {
+    Rows {
+        /// The replica's row changes, in order.
+        changes: Vec<(TableName, RowChange)>,
+        /// Every pipeline's output, in change order: (pipeline key, row, change).
+        outputs: Vec<(Arc<str>, RowId, RowChange)>,
+    },
+    /// Tables were rebuilt: every pipeline is gone; groups subscribe again.
+    Reset,
+}
+
+/// Steps a group may have queued before the hub drops it (see [`Hub::advance`]).
+const STEP_BACKLOG: usize = 1024;
+
+/// A pipeline's rows: id, how many partitions hold it, contents.
+pub(crate) type HeldRows = Vec<(RowId, u32, Row)>;
+
+/// A group's hold on a shared pipeline.
+#[derive(Debug, Clone)]
+pub(crate) struct Subscription {
+    pub(crate) key: Arc<str>,
+    /// The hub version the rows were taken at.
+    pub(crate) at: Lsn,
+    epoch: u64,
+}
+
+struct Shared {
+    tree: TreeQuery,
+    users: usize,
+    /// The rows the pipeline holds, with how many of its partitions hold each.
+    held: HashMap<RowId, (u32, Row)>,
+}
+
+struct State {
+    sources: SnapshotSources,
+    version: Lsn,
+    pipelines: HashMap<Arc<str>, Shared>,
+    /// Bumped when every pipeline is dropped (a reset): older subscriptions are void.
+    epoch: u64,
+    groups: Vec<mpsc::Sender<Arc<Step>>>,
+}
+
+/// The shared pipelines of one syncer.
+pub(crate) struct Hub {
+    state: Mutex<Option<State>>,
+    /// `ZERO_APP_ID`, the label of the pipeline gauge.
+    app: String,
+}
+
+impl std::fmt::Debug for Hub {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Hub").finish_non_exhaustive()
+    }
+}
+
+/// The key of a query's pipeline.
+pub(crate) fn pipeline_key(ast: &Ast) -> Arc<str> {
+    Arc::from(serde_json::to_string(ast).unwrap_or_default())
+}
+
+/// The CVR's id of a row of `table`.
+pub(crate) fn row_id(sources: &SnapshotSources, table: &str, row: &[Value]) -> Option<RowId> {
+    let spec = sources.spec(table)?;
+    let mut key = serde_json::Map::new();
+    for &k in &spec.key {
+        key.insert(
+            spec.columns.get(k)?.name.clone(),
+            row.get(k)
+                .map(Value::to_json)
+                .unwrap_or(serde_json::Value::Null),
+        );
+    }
+    Some(RowId {
+        table: table.to_owned(),
+        key: serde_json::Value::Object(key).to_string(),
+    })
+}
+
+fn hold(held: &mut HashMap<RowId, (u32, Row)>, id: &RowId, change: &RowChange) {
+    match change {
+        RowChange::Add(row) => {
+            let e = held.entry(id.clone()).or_insert((0, Vec::new()));
+            e.0 += 1;
+            e.1.clone_from(row);
+        }
+        RowChange::Remove(_) => {
+            if let Some(e) = held.get_mut(id) {
+                e.0 = e.0.saturating_sub(1);
+                if e.0 == 0 {
+                    held.remove(id);
+                }
+            }
+        }
+        RowChange::Edit { new, .. } => {
+            if let Some(e) = held.get_mut(id) {
+                e.1.clone_from(new);
+            }
+        }
+    }
+}
+
+/// Why a hub operation failed.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum HubError {
+    #[error("replica: {0}")]
+    Replica(#[from] crate::Error),
+    #[error("replica: {0}")]
+    Store(#[from] zc_replica::Error),
+    #[error("{0}")]
+    Query(#[from] zc_query::tree::TreeError),
+    #[error("the shared pipelines are unavailable")]
+    Unavailable,
+}
+
+impl Hub {
+    pub(crate) fn new(app: &str) -> Hub {
+        Hub {
+            state: Mutex::new(None),
+            app: app.to_owned(),
+        }
+    }
+
+    fn gauge(&self, n: usize) {
+        metrics::gauge!("zc_sync_pipelines", "app" => self.app.clone()).set(n as f64);
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Option<State>> {
+        match self.state.lock() {
+            Ok(g) => g,
+            Err(poisoned) => poisoned.into_inner(),
+        }
+    }
+
+    fn state<'a>(
+        guard: &'a mut MutexGuard<'_, Option<State>>,
+        replica: &Replica,
+    ) -> Result<&'a mut State, HubError> {
+        let slot: &mut Option<State> = guard;
+        if slot.is_none() {
+            let snapshot = replica.snapshot()?;
+            let version = snapshot.version().unwrap_or_default();
+            *slot = Some(State {
+                sources: SnapshotSources::new(snapshot)?,
+                version,
+                pipelines: HashMap::new(),
+                epoch: 0,
+                groups: Vec::new(),
+            });
+        }
+        slot.as_mut().ok_or(HubError::Unavailable)
+    }
+
+    /// Registers a group: its steps arrive on the receiver, after the returned version.
+    pub(crate) fn register(
+        &self,
+        replica: &Replica,
+    ) -> Result<(SnapshotSources, Lsn, mpsc::Receiver<Arc<Step>>), HubError> {
+        let mut guard = self.lock();
+        let state = Self::state(&mut guard, replica)?;
+        let (tx, rx) = mpsc::channel(STEP_BACKLOG);
+        state.groups.push(tx);
+        Ok((state.sources.clone(), state.version, rx))
+    }
+
+    /// Subscribes to the pipeline of `ast` (built and hydrated if no group runs it yet);
+    /// returns the rows it holds, with their multiplicities.
+    pub(crate) fn subscribe(
+        &self,
+        replica: &Replica,
+        ast: &Ast,
+    ) -> Result<(Subscription, HeldRows), HubError> {
+        let key = pipeline_key(ast);
+        let mut guard = self.lock();
+        let state = Self::state(&mut guard, replica)?;
+        if !state.pipelines.contains_key(&key) {
+            let mut tree = TreeQuery::build(ast, &state.sources)?;
+            let rows = tree.hydrate(&state.sources)?;
+            let mut held = HashMap::new();
+            for (table, change) in rows {
+                let id = match &change {
+                    RowChange::Add(r) => row_id(&state.sources, &table, r),
+                    _ => None,
+                };
+                if let Some(id) = id {
+                    hold(&mut held, &id, &change);
+                }
+            }
+            state.pipelines.insert(
+                Arc::clone(&key),
+                Shared {
+                    tree,
+                    users: 0,
+                    held,
+                },
+            );
+            self.gauge(state.pipelines.len());
+        }
+        let (version, epoch) = (state.version, state.epoch);
+        let Some(p) = state.pipelines.get_mut(&key) else {
+            return Ok((
+                Subscription {
+                    key,
+                    at: version,
+                    epoch,
+                },
+                Vec::new(),
+            ));
+        };
+        p.users += 1;
+        let rows = p
+            .held
+            .iter()
+            .map(|(id, (n, row))| (id.clone(), *n, row.clone()))
+            .collect();
+        Ok((
+            Subscription {
+                key,
+                at: version,
+                epoch,
+            },
+            rows,
+        ))
+    }
+
+    /// Ends a subscription; the pipeline stops when no group uses it.
+    pub(crate) fn unsubscribe(&self, sub: &Subscription) {
+        let mut guard = self.lock();
+        let Some(state) = guard.as_mut() else {
+            return;
+        };
+        if sub.epoch != state.epoch {
+            return;
+        }
+        if let Some(p) = state.pipelines.get_mut(&sub.key) {
+            p.users = p.users.saturating_sub(1);
+            if p.users == 0 {
+                state.pipelines.remove(&sub.key);
+                self.gauge(state.pipelines.len());
+            }
+        }
+    }
+
+    /// Brings every pipeline to the replica's latest version and sends the step to every
+    /// registered group. Does nothing when the hub is already there.
+    pub(crate) fn advance(&self, replica: &Replica) -> Result<(), HubError> {
+        let mut guard = self.lock();
+        let state = Self::state(&mut guard, replica)?;
+        let next = replica.snapshot()?;
+        let to = next.version().unwrap_or_default();
+        if to <= state.version {
+            return Ok(());
+        }
+        let advance = diff(state.sources.snapshot(), &next, state.version, to)?;
+        let kind = match advance {
+            Advance::Rows(changes) => match push_all(state, &changes) {
+                Ok(outputs) => StepKind::Rows { changes, outputs },
+                Err(e) => {
+                    tracing::warn!(error = %e, "a shared pipeline failed; every query is rebuilt");
+                    StepKind::Reset
+                }
+            },
+            Advance::Reset => StepKind::Reset,
+        };
+        if matches!(kind, StepKind::Reset) {
+            state.pipelines.clear();
+            state.epoch += 1;
+            self.gauge(0);
+        }
+        state.sources = SnapshotSources::new(next)?;
+        state.version = to;
+        let step = Arc::new(Step {
+            to,
+            sources: state.sources.clone(),
+            kind,
+        });
+        // A group that has fallen this far behind is dropped: it sees its channel closed,
+        // registers again and rebuilds its queries from the current version.
+        state
+            .groups
+            .retain(|g| g.try_send(Arc::clone(&step)).is_ok());
+        Ok(())
+    }
+}
+
+/// Pushes the changes through every pipeline, in order.
+fn push_all(
+    state: &mut State,
+    changes: &[(TableName, RowChange)],
+) -> Result<Vec<(Arc<str>, RowId, RowChange)>, HubError> {
+    let mut outputs = Vec::new();
+    for (table, change) in changes {
+        state.sources.apply(table, change);
+        if state.pipelines.is_empty() {
+            continue;
+        }
+        let name = table.zero_name();
+        for (key, p) in state.pipelines.iter_mut() {
+            for (t, out) in p.tree.push(&name, change, &state.sources)? {
+                let row = match &out {
+                    RowChange::Add(r) | RowChange::Remove(r) => r,
+                    RowChange::Edit { new, .. } => new,
+                };
+                if let Some(id) = row_id(&state.sources, &t, row) {
+                    hold(&mut p.held, &id, &out);
+                    outputs.push((Arc::clone(key), id, out));
+                }
+            }
+        }
+    }
+    Ok(outputs)
+}
