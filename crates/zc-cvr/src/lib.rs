@@ -11,7 +11,11 @@
 //! group's record when the group becomes active, and writes each change set in one
 //! transaction that also checks the group's version and owner: a second server instance
 //! that takes a group over makes the first one's next flush fail with
-//! [`Error::OwnershipLost`], so two instances never both serve one group.
+//! [`Error::OwnershipLost`], so two instances never both serve one group. Flushes do not
+//! wait for PostgreSQL's fsync (`synchronous_commit = off`); one lost in a crash of
+//! PostgreSQL makes the next flush fail with [`Error::Diverged`] (the group's row is not the
+//! one this instance last wrote), so the group reloads the record and clients ahead of it
+//! resync.
 #![warn(missing_docs, unreachable_pub)]
 
 mod record;
@@ -32,6 +36,13 @@ pub enum Error {
     /// Another server instance took the client group over.
     #[error("client group {0} is now served by another instance")]
     OwnershipLost(String),
+    /// The group's stored record is not the one this instance last wrote: a flush was lost
+    /// (PostgreSQL crashed after acknowledging it, as flushes do not wait for its fsync). The
+    /// record must be loaded again; clients ahead of it resync.
+    #[error(
+        "client group {0}'s stored record is not the one this instance last wrote (a CVR write was lost); reload it"
+    )]
+    Diverged(String),
     /// The stored record is not what this version of zc writes.
     #[error("CVR record of client group {group} is corrupt: {what}")]
     Corrupt {

@@ -83,6 +83,9 @@ pub struct Cvr {
     pub version: CvrVersion,
     /// The version last written to the store (`None` before the first write).
     pub(crate) stored_version: Option<CvrVersion>,
+    /// The `xmin` of the group's `instances` row as this instance last wrote or read it: a
+    /// flush fails if the row is not that one any more (a write was lost).
+    pub(crate) stored_xmin: Option<String>,
     /// The user the group is pinned to.
     pub user_id: Option<String>,
     /// Its clients.
@@ -103,6 +106,7 @@ impl Cvr {
             group: group.into(),
             version: CvrVersion::default(),
             stored_version: None,
+            stored_xmin: None,
             user_id: None,
             clients: BTreeSet::new(),
             queries: BTreeMap::new(),

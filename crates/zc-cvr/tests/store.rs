@@ -86,3 +86,44 @@ async fn a_second_instance_takes_a_group_over() {
         other => panic!("expected ownership lost, got {other:?}"),
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_flush_makes_the_next_one_fail_until_reloaded() {
+    let db = TestDb::new().await;
+    let store = CvrStore::connect(db.url(), "zero", 0, 2)
+        .await
+        .expect("store");
+    let mut cvr = store.load("g").await.expect("load");
+    let v1 = cvr.version.next_config();
+    cvr.version = v1;
+    cvr.add_client("c1");
+    store.flush(&mut cvr).await.expect("flush");
+    let v2 = v1.advance_to(Lsn(100));
+    cvr.version = v2;
+    cvr.adjust_row(&row("a"), "q1", 1, v2);
+    store.flush(&mut cvr).await.expect("flush");
+
+    // What a crash of PostgreSQL losing the last (asynchronously committed) flush leaves:
+    // the group's row as an earlier write left it, not the one this instance wrote last.
+    db.exec(&format!(
+        "UPDATE \"zero_0/zc_cvr\".instances SET version = '{}' WHERE client_group_id = 'g';
+         DELETE FROM \"zero_0/zc_cvr\".rows WHERE client_group_id = 'g';",
+        v1.cookie()
+    ))
+    .await;
+    let v3 = v2.advance_to(Lsn(200));
+    cvr.version = v3;
+    cvr.touch_row(&row("a"), v3);
+    match store.flush(&mut cvr).await {
+        Err(Error::Diverged(g)) => assert_eq!(g, "g"),
+        other => panic!("expected a diverged record, got {other:?}"),
+    }
+
+    // Reloaded, the record is what the database has, and it can be written again.
+    let mut cvr = store.load("g").await.expect("reload");
+    assert_eq!(cvr.version, v1);
+    assert!(cvr.rows.is_empty());
+    cvr.version = v3;
+    store.flush(&mut cvr).await.expect("flush after reload");
+    assert_eq!(store.load("g").await.expect("reload").version, v3);
+}

@@ -2,7 +2,8 @@
 //! the replication watermark, in one file.
 //!
 //! [`Replica`] implements [`zc_wal::Destination`]: zc-wal hands it the initial copy and then
-//! each upstream transaction, which it applies as one durable redb write transaction. Readers
+//! each upstream transaction, which it applies as one redb write transaction (durable, or
+//! made durable by a later commit when zc-wal groups the fsyncs of a burst). Readers
 //! take [`Snapshot`]s (MVCC read transactions) and read rows by key, in key order, by index
 //! range, and the change log between two versions.
 //!

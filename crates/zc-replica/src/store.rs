@@ -15,6 +15,11 @@
 //! - `apply` returns only after an `Immediate` (fsync'd) commit holding the transaction's
 //!   changes and the new watermark together, so acknowledging `end_lsn` upstream afterwards
 //!   can never lose data (the crash test in zc-wal's integration suite).
+//! - `apply_deferred` is the same commit with `Durability::None`: readers see it at once, but
+//!   a crash rolls the file back to the last `Immediate` commit (changes and watermark
+//!   together). The next `Immediate` commit (a durable `apply`, or `flush`'s empty commit)
+//!   makes every earlier one durable, and zc-wal acknowledges nothing before that
+//!   (`acks_never_pass_the_durable_watermark`).
 //! - A transaction at or below the stored watermark changes nothing (idempotent replay).
 //! - While an initial sync is in progress no sync state is reported, so an interrupted
 //!   initial sync is always started over.
@@ -22,6 +27,7 @@
 use std::ops::Bound;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use redb::{
     Database, Durability, ReadTransaction, ReadableDatabase, ReadableTable, ReadableTableMetadata,
@@ -162,6 +168,9 @@ struct Inner {
     path: PathBuf,
     write_lock: Arc<Mutex<()>>,
     version_tx: watch::Sender<Lsn>,
+    /// Whether a `Durability::None` commit of `apply_deferred` may not be durable yet
+    /// (changed only by the writer, under `write_lock`).
+    deferred: AtomicBool,
 }
 
 impl std::fmt::Debug for Replica {
@@ -197,6 +206,7 @@ impl Replica {
                 path,
                 write_lock: Arc::new(Mutex::new(())),
                 version_tx: watch::channel(Lsn::ZERO).0,
+                deferred: AtomicBool::new(false),
             }),
         };
         let version = replica
@@ -231,12 +241,21 @@ impl Replica {
         T: Send + 'static,
         F: FnOnce(&Database) -> Result<T> + Send + 'static,
     {
+        self.write_inner(move |inner| f(&inner.db)).await
+    }
+
+    /// [`write`](Self::write) with access to the writer's state.
+    async fn write_inner<T, F>(&self, f: F) -> Result<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Inner) -> Result<T> + Send + 'static,
+    {
         // The guard moves into the blocking task: if this future is dropped, the lock is held
         // until the write itself has finished, so writes never overlap.
         let guard = Arc::clone(&self.inner.write_lock).lock_owned().await;
         let inner = Arc::clone(&self.inner);
         tokio::task::spawn_blocking(move || {
-            let result = f(&inner.db);
+            let result = f(&inner);
             drop(guard);
             result
         })
@@ -244,10 +263,35 @@ impl Replica {
         .map_err(Error::Writer)?
     }
 
-    /// Applies one transaction synchronously (the body of [`Destination::apply`]).
-    fn apply_blocking(db: &Database, txn: &Transaction) -> Result<bool> {
+    /// Applies one transaction (durably or not) and notifies readers.
+    async fn apply_with(&self, txn: Transaction, durability: Durability) -> Result<()> {
+        let version = txn.commit_lsn;
+        let applied = self
+            .write_inner(move |inner| {
+                let durable = matches!(durability, Durability::Immediate);
+                // Set before a deferred commit, so that a failed or interrupted one is still
+                // flushed; cleared only after a durable commit, which covers all earlier ones.
+                if !durable {
+                    inner.deferred.store(true, Ordering::Release);
+                }
+                let applied = Replica::apply_blocking(&inner.db, &txn, durability)?;
+                if durable && applied {
+                    inner.deferred.store(false, Ordering::Release);
+                }
+                Ok(applied)
+            })
+            .await?;
+        if applied {
+            self.inner.version_tx.send_replace(version);
+        }
+        Ok(())
+    }
+
+    /// Applies one transaction synchronously (the body of [`Destination::apply`] and
+    /// [`Destination::apply_deferred`]).
+    fn apply_blocking(db: &Database, txn: &Transaction, durability: Durability) -> Result<bool> {
         let mut w = db.begin_write()?;
-        w.set_durability(Durability::Immediate)?;
+        w.set_durability(durability)?;
         if read_watermark(&w)?.is_some_and(|mark| txn.commit_lsn <= mark.commit_lsn) {
             w.abort()?;
             return Ok(false);
@@ -809,14 +853,29 @@ impl Destination for Replica {
     }
 
     async fn apply(&self, txn: Transaction) -> Result<()> {
-        let version = txn.commit_lsn;
-        let applied = self
-            .write(move |db| Replica::apply_blocking(db, &txn))
-            .await?;
-        if applied {
-            self.inner.version_tx.send_replace(version);
+        self.apply_with(txn, Durability::Immediate).await
+    }
+
+    async fn apply_deferred(&self, txn: Transaction) -> Result<()> {
+        self.apply_with(txn, Durability::None).await
+    }
+
+    async fn flush(&self) -> Result<()> {
+        if !self.inner.deferred.load(Ordering::Acquire) {
+            return Ok(());
         }
-        Ok(())
+        self.write_inner(|inner| {
+            if inner.deferred.load(Ordering::Acquire) {
+                // An empty durable commit: redb makes every earlier `None` commit durable with
+                // it (it writes nothing readers could see, so no version is announced).
+                let mut w = inner.db.begin_write()?;
+                w.set_durability(Durability::Immediate)?;
+                w.commit()?;
+                inner.deferred.store(false, Ordering::Release);
+            }
+            Ok(())
+        })
+        .await
     }
 }
 

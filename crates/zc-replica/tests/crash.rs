@@ -46,7 +46,7 @@ fn crash_child_replicator() {
     });
 }
 
-fn spawn_child(db: &TestDb, path: &std::path::Path) -> Child {
+pub(crate) fn spawn_child(db: &TestDb, path: &std::path::Path) -> Child {
     Command::new(std::env::current_exe().expect("current exe"))
         .args([
             "crash::crash_child_replicator",

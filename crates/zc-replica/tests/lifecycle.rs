@@ -10,27 +10,6 @@ use zc_wal::{Destination, Replicator, WalConfig};
 
 use crate::support::*;
 
-async fn confirmed_flush(db: &TestDb, slot: &str) -> Lsn {
-    let mut conn = db.connect().await;
-    let lsn: Option<String> = sqlx::query_scalar(
-        "SELECT confirmed_flush_lsn::text FROM pg_replication_slots WHERE slot_name = $1",
-    )
-    .bind(slot)
-    .fetch_one(&mut conn)
-    .await
-    .expect("slot");
-    lsn.expect("confirmed_flush_lsn").parse().expect("lsn")
-}
-
-async fn current_lsn(db: &TestDb) -> Lsn {
-    let mut conn = db.connect().await;
-    let lsn: String = sqlx::query_scalar("SELECT pg_current_wal_lsn()::text")
-        .fetch_one(&mut conn)
-        .await
-        .expect("lsn");
-    lsn.parse().expect("lsn")
-}
-
 async fn replica_version(replica: &Replica) -> Lsn {
     replica
         .sync_state()

@@ -4,5 +4,6 @@
 mod support;
 
 mod crash;
+mod group_commit;
 mod lifecycle;
 mod random;

@@ -8,7 +8,7 @@ use sqlx::Row as _;
 use tokio_util::sync::CancellationToken;
 use zc_replica::Replica;
 use zc_testkit::TestDb;
-use zc_types::{TableName, TypeKind, Value};
+use zc_types::{Lsn, TableName, TypeKind, Value};
 use zc_wal::{Replicator, WalConfig};
 
 /// Replication settings for a test database. Slots are cluster-wide, so each test uses its
@@ -97,6 +97,29 @@ pub async fn wait_marker(running: &Running, n: i64) {
             _ = tokio::time::sleep_until(deadline) => panic!("replica did not reach marker {n} (saw {seen:?})"),
         }
     }
+}
+
+/// The slot's `confirmed_flush_lsn`: what the replicator acknowledged.
+pub async fn confirmed_flush(db: &TestDb, slot: &str) -> Lsn {
+    let mut conn = db.connect().await;
+    let lsn: Option<String> = sqlx::query_scalar(
+        "SELECT confirmed_flush_lsn::text FROM pg_replication_slots WHERE slot_name = $1",
+    )
+    .bind(slot)
+    .fetch_one(&mut conn)
+    .await
+    .expect("slot");
+    lsn.expect("confirmed_flush_lsn").parse().expect("lsn")
+}
+
+/// The upstream's current WAL position.
+pub async fn current_lsn(db: &TestDb) -> Lsn {
+    let mut conn = db.connect().await;
+    let lsn: String = sqlx::query_scalar("SELECT pg_current_wal_lsn()::text")
+        .fetch_one(&mut conn)
+        .await
+        .expect("lsn");
+    lsn.parse().expect("lsn")
 }
 
 /// Makes numbers comparable across integer/float JSON forms.

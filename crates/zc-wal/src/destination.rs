@@ -38,6 +38,18 @@ pub struct SyncState {
 ///   resolves: zc-wal acknowledges `end_lsn` to PostgreSQL right after. It MUST be
 ///   idempotent for transactions it has already applied (zc-wal skips them, but a
 ///   destination must not corrupt itself if handed one again).
+/// - `apply_deferred` applies a transaction as atomically as `apply` (readers may see it at
+///   once) but need not make it durable; `flush` makes everything applied so far durable.
+///   zc-wal acknowledges nothing a deferred transaction covers until a later `apply` or a
+///   `flush` has resolved. The stored (durable) watermark MUST be that of the last durable
+///   commit: after a crash the destination may be behind the last deferred transaction, never
+///   ahead of what it reports, and never torn inside a transaction; `sync_state` then reports
+///   the older watermark and the slot sends the lost transactions again. A durable commit
+///   MUST also make every earlier deferred one durable (commits become durable in order).
+///   The defaults (`apply_deferred` = `apply`, `flush` = nothing) satisfy this for a
+///   destination that is always durable.
+/// - `sync_state` may report the watermark of a deferred transaction (it describes what
+///   readers see); zc-wal calls `flush` before it resumes streaming from it.
 /// - The initial sync is `begin_initial_sync`, any number of `copy_rows` calls (possibly from
 ///   several tasks at once), then `finish_initial_sync`. Until `finish_initial_sync` resolves,
 ///   `sync_state` MUST report `None` (an interrupted initial sync is started over).
@@ -90,4 +102,22 @@ pub trait Destination: Send + Sync + 'static {
 
     /// Applies one transaction atomically and durably.
     fn apply(&self, txn: Transaction) -> impl Future<Output = Result<(), Self::Error>> + Send;
+
+    /// Applies one transaction atomically, as [`apply`](Self::apply) does, but possibly not
+    /// yet durably: a later `apply` or [`flush`](Self::flush) makes it durable. zc-wal uses it
+    /// when more of the stream is already waiting, so that one fsync covers many upstream
+    /// transactions; readers may see the transaction before it is durable. The default
+    /// applies it durably.
+    fn apply_deferred(
+        &self,
+        txn: Transaction,
+    ) -> impl Future<Output = Result<(), Self::Error>> + Send {
+        self.apply(txn)
+    }
+
+    /// Makes every transaction applied so far durable (with its watermark). The default does
+    /// nothing (for destinations whose `apply_deferred` is durable).
+    fn flush(&self) -> impl Future<Output = Result<(), Self::Error>> + Send {
+        std::future::ready(Ok(()))
+    }
 }

@@ -4,8 +4,9 @@
 //! initial copy of every published table (a slot with an exported snapshot, then parallel
 //! binary COPY at that snapshot), and then streams pgoutput changes one transaction at a
 //! time into a [`Destination`] you provide. It acknowledges an LSN to PostgreSQL only after
-//! the destination made it durable, and acknowledges keepalives when idle so that the slot
-//! advances on quiet databases.
+//! the destination made it durable (one fsync may cover a burst of transactions that were
+//! already waiting), and acknowledges keepalives when idle so that the slot advances on quiet
+//! databases.
 //!
 //! Concepts:
 //! - [`WalConfig`]: the upstream and the shard (`ZERO_APP_ID`, `ZERO_SHARD_NUM`,

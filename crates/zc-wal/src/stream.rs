@@ -13,13 +13,36 @@
 //!   is applied twice (`crash_and_restart_converges` in zc-replica's integration tests).
 //! - With no transaction open, every transaction before a keepalive's `wal_end` has been
 //!   received and applied (pgoutput sends transactions in commit order, and this loop applies
-//!   each before reading on), so acknowledging `wal_end` is safe; without it a quiet or
-//!   unpublished-only workload would pin WAL forever (`quiet_database_advances_the_slot`).
+//!   each before reading on), so acknowledging `wal_end` is safe once those are durable;
+//!   without it a quiet or unpublished-only workload would pin WAL forever
+//!   (`quiet_database_advances_the_slot`).
+//!
+//! # Group commit (deferred durability)
+//!
+//! ```text
+//!  Commit, more of the stream already buffered, < 500 txns / 100 ms deferred
+//!        ──▶ destination.apply_deferred(txn)          (visible, not durable, NOT acked)
+//!  Commit, nothing buffered (or a bound reached) ──▶ destination.apply(txn) ──▶ ack(end_lsn)
+//!  KeepAlive / skipped commit with deferred txns  ──▶ destination.flush()   ──▶ ack
+//! ```
+//!
+//! An fsync per upstream transaction caps a burst of small transactions at the disk's fsync
+//! rate. When the next event is already waiting in the client's buffer (looked at without
+//! waiting, and then processed next, so nothing is lost or reordered), the transaction is
+//! applied without being made durable and is not acknowledged; the next durable apply (or a
+//! flush) makes all of them durable at once, and only then is the newest `end_lsn`
+//! acknowledged. Each upstream transaction is still its own atomic commit and version. A
+//! crash loses at most deferred, unacknowledged transactions, which the slot sends again
+//! (`acks_never_pass_the_durable_watermark` in zc-replica's integration tests). When the
+//! stream stops, deferred transactions are simply not acknowledged; a later stream in this
+//! process flushes before it starts from the destination's watermark.
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
-use pgwire_replication::{ReplicationClient, ReplicationEvent};
+use futures::FutureExt as _;
+use pgwire_replication::{PgWireError, ReplicationClient, ReplicationEvent};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 use zc_types::{Lsn, Row, TableName, TableSpec, Value};
@@ -54,6 +77,19 @@ struct Streamer<'a, D> {
     drop_prefix: String,
     watermark: Watermark,
     open: Option<OpenTxn>,
+    /// Transactions applied with `apply_deferred` and not yet durable nor acknowledged.
+    deferred: Option<Deferred>,
+}
+
+/// At most this many transactions wait for one fsync...
+const MAX_DEFERRED_TXNS: usize = 500;
+/// ...and for at most this long after the first of them was applied.
+const MAX_DEFERRED_FOR: Duration = Duration::from_millis(100);
+
+/// The deferred (applied, not yet durable) transactions.
+struct Deferred {
+    count: usize,
+    since: Instant,
 }
 
 struct OpenTxn {
@@ -70,6 +106,12 @@ pub(crate) async fn run<D: Destination>(
     state: &SyncState,
     cancel: &CancellationToken,
 ) -> Result<()> {
+    // The watermark streaming resumes from (and the client reports as applied at once) may
+    // be that of transactions an earlier stream of this process applied without making them
+    // durable: make it durable first.
+    dest.flush()
+        .await
+        .map_err(|e| Error::Destination(Box::new(e)))?;
     let tables = dest
         .tables()
         .await
@@ -94,6 +136,7 @@ pub(crate) async fn run<D: Destination>(
         drop_prefix: upstream::drop_message_prefix(cfg),
         watermark: state.watermark,
         open: None,
+        deferred: None,
     };
     let result = streamer.pump(&mut client, cancel).await;
     client.stop();
@@ -107,14 +150,28 @@ impl<D: Destination> Streamer<'_, D> {
         client: &mut ReplicationClient,
         cancel: &CancellationToken,
     ) -> Result<()> {
+        let mut buffered = Buffered {
+            metrics: client.metrics(),
+            received: 0,
+            peeked: None,
+        };
         loop {
-            let event = tokio::select! {
-                biased;
-                // Shutdown: whatever is open is not acknowledged and will be re-sent.
-                _ = cancel.cancelled() => return Ok(()),
-                // The next event (cancel-safe: an mpsc receive).
-                ev = client.recv() => ev.map_err(repl_err("receive changes"))?,
+            let event = match buffered.peeked.take() {
+                // An event looked at after the last commit comes next, before anything else.
+                Some(event) => event,
+                None => {
+                    let received = tokio::select! {
+                        biased;
+                        // Shutdown: whatever is open or deferred is not acknowledged and will
+                        // be re-sent.
+                        _ = cancel.cancelled() => return Ok(()),
+                        // The next event (cancel-safe: an mpsc receive).
+                        ev = client.recv() => ev,
+                    };
+                    buffered.taken(received)
+                }
             };
+            let event = event.map_err(repl_err("receive changes"))?;
             let Some(event) = event else {
                 return Err(Error::Replication {
                     what: "receive changes",
@@ -167,33 +224,72 @@ impl<D: Destination> Streamer<'_, D> {
                     let end = Lsn(end_lsn.as_u64());
                     if open.skip {
                         debug!(commit = %open.commit_lsn, "skipping transaction at or below the watermark");
+                        self.ack(client, end_lsn).await?;
+                        continue;
+                    }
+                    let txn = Transaction {
+                        commit_lsn: open.commit_lsn,
+                        end_lsn: end,
+                        commit_time_micros,
+                        changes: open.changes,
+                    };
+                    // Defer the fsync only while more of the stream is already here (it
+                    // will end in a durable apply or a flush soon) and within the bounds.
+                    let within_bounds = self.deferred.as_ref().is_none_or(|d| {
+                        d.count < MAX_DEFERRED_TXNS && d.since.elapsed() < MAX_DEFERRED_FOR
+                    });
+                    if within_bounds && buffered.more_data_waiting(client) {
+                        self.dest
+                            .apply_deferred(txn)
+                            .await
+                            .map_err(|e| Error::Destination(Box::new(e)))?;
+                        self.deferred
+                            .get_or_insert_with(|| Deferred {
+                                count: 0,
+                                since: Instant::now(),
+                            })
+                            .count += 1;
+                        metrics::counter!("zc_wal_transactions_deferred_total").increment(1);
                     } else {
-                        let txn = Transaction {
-                            commit_lsn: open.commit_lsn,
-                            end_lsn: end,
-                            commit_time_micros,
-                            changes: open.changes,
-                        };
+                        // Durable: this commit makes the deferred ones before it durable too.
                         self.dest
                             .apply(txn)
                             .await
                             .map_err(|e| Error::Destination(Box::new(e)))?;
-                        self.watermark = Watermark {
-                            commit_lsn: open.commit_lsn,
-                            ack_lsn: end,
-                        };
-                        metrics::counter!("zc_wal_transactions_applied_total").increment(1);
+                        self.deferred = None;
+                        client.update_applied_lsn(end_lsn);
                     }
-                    client.update_applied_lsn(end_lsn);
+                    self.watermark = Watermark {
+                        commit_lsn: open.commit_lsn,
+                        ack_lsn: end,
+                    };
+                    metrics::counter!("zc_wal_transactions_applied_total").increment(1);
                 }
                 ReplicationEvent::KeepAlive { wal_end, .. } => {
                     if self.open.is_none() {
-                        client.update_applied_lsn(wal_end);
+                        self.ack(client, wal_end).await?;
                     }
                 }
                 ReplicationEvent::StoppedAt { .. } => return Ok(()),
             }
         }
+    }
+
+    /// Acknowledges `lsn`, first making the deferred transactions (all below it) durable.
+    async fn ack(
+        &mut self,
+        client: &ReplicationClient,
+        lsn: pgwire_replication::Lsn,
+    ) -> Result<()> {
+        if self.deferred.is_some() {
+            self.dest
+                .flush()
+                .await
+                .map_err(|e| Error::Destination(Box::new(e)))?;
+            self.deferred = None;
+        }
+        client.update_applied_lsn(lsn);
+        Ok(())
     }
 
     /// Tables dropped upstream (announced by the shard's event trigger, inside the dropping
@@ -397,6 +493,56 @@ impl<D: Destination> Streamer<'_, D> {
             self.relations.insert(rel.id, RelState::Ignored);
         }
         Ok(())
+    }
+}
+
+/// What the client has buffered: events it forwarded that the stream has not taken yet, and
+/// one event taken early by [`Buffered::more_data_waiting`].
+struct Buffered {
+    metrics: Arc<pgwire_replication::ReplicationMetrics>,
+    /// Events taken from the client.
+    received: u64,
+    /// The next event, already taken: the pump processes it before receiving again.
+    peeked: Option<std::result::Result<Option<ReplicationEvent>, PgWireError>>,
+}
+
+impl Buffered {
+    /// Counts an event taken from the client.
+    fn taken(
+        &mut self,
+        event: std::result::Result<Option<ReplicationEvent>, PgWireError>,
+    ) -> std::result::Result<Option<ReplicationEvent>, PgWireError> {
+        if matches!(event, Ok(Some(_))) {
+            self.received += 1;
+        }
+        event
+    }
+
+    /// Whether the next event is already buffered and carries more data (a transaction, not a
+    /// keepalive), without waiting. The event is kept in `peeked` and processed next.
+    ///
+    /// The receive is polled once only when the client has forwarded more events than were
+    /// taken (its counter is bumped after an event is queued, and events are its only
+    /// messages): then the poll finds that event, or at worst nothing, but never the closed
+    /// channel, where `recv` would start joining the client's worker and dropping the poll
+    /// would lose the worker's result.
+    fn more_data_waiting(&mut self, client: &mut ReplicationClient) -> bool {
+        if self.peeked.is_none()
+            && self.metrics.events_forwarded() > self.received
+            && let Some(event) = client.recv().now_or_never()
+        {
+            let event = self.taken(event);
+            self.peeked = Some(event);
+        }
+        matches!(
+            self.peeked,
+            Some(Ok(Some(
+                ReplicationEvent::Begin { .. }
+                    | ReplicationEvent::XLogData { .. }
+                    | ReplicationEvent::Message { .. }
+                    | ReplicationEvent::Commit { .. }
+            )))
+        )
     }
 }
 
