@@ -433,6 +433,45 @@ fn put_row_in(
     Ok(pk)
 }
 
+/// [`put_row_in`] for many rows: the table and its indexes are opened once.
+fn put_rows_in(
+    w: &WriteTransaction,
+    area: Area,
+    spec: &TableSpec,
+    version: u64,
+    rows: &[Row],
+) -> Result<()> {
+    let name = storage_key(&spec.name);
+    let mut table = w.open_table(TableDefinition::<&[u8], &[u8]>::new(&area.rows(&name)))?;
+    let mut indexes = spec
+        .indexes
+        .iter()
+        .map(|index| {
+            w.open_table(TableDefinition::<&[u8], ()>::new(
+                &area.index(&name, &index.name),
+            ))
+            .map(|t| (index, t))
+        })
+        .collect::<std::result::Result<Vec<_>, _>>()?;
+    for row in rows {
+        let pk = row_key(spec, row)?;
+        let value = encode_stored_row(version, row);
+        let previous = table
+            .insert(pk.as_slice(), value.as_slice())?
+            .map(|p| p.value().to_vec());
+        if let Some(prev) = previous {
+            let (old, _) = decode_stored_row(&spec.name, &prev)?;
+            for (index, t) in &mut indexes {
+                t.remove(index_key(index, &old, &pk).as_slice())?;
+            }
+        }
+        for (index, t) in &mut indexes {
+            t.insert(index_key(index, row, &pk).as_slice(), ())?;
+        }
+    }
+    Ok(())
+}
+
 fn remove_index_entries(
     w: &WriteTransaction,
     spec: &TableSpec,
@@ -713,9 +752,7 @@ impl Destination for Replica {
                     // Staged rows carry the version the swap will have.
                     let mark = read_watermark(&w)?.ok_or(Error::State(META_WATERMARK))?;
                     let version = mark.commit_lsn.as_u64() + 1;
-                    for row in &rows {
-                        put_row_in(&w, Area::Staging, &spec, version, row)?;
-                    }
+                    put_rows_in(&w, Area::Staging, &spec, version, &rows)?;
                 }
                 None => {
                     let version = {
@@ -728,9 +765,7 @@ impl Destination for Replica {
                         u64::from_be_bytes(raw)
                     };
                     let spec = load_spec(&w, &table)?;
-                    for row in &rows {
-                        put_row(&w, &spec, version, row)?;
-                    }
+                    put_rows_in(&w, Area::Live, &spec, version, &rows)?;
                 }
             }
             w.commit()?;
