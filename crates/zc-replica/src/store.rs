@@ -433,7 +433,9 @@ fn put_row_in(
     Ok(pk)
 }
 
-/// [`put_row_in`] for many rows: the table and its indexes are opened once.
+/// [`put_row_in`] for many rows: the table and its indexes are opened once, and each
+/// index gets its entries in key order, one index after the other (sorted inserts touch far
+/// fewer B-tree pages than entries interleaved over several trees).
 fn put_rows_in(
     w: &WriteTransaction,
     area: Area,
@@ -442,31 +444,38 @@ fn put_rows_in(
     rows: &[Row],
 ) -> Result<()> {
     let name = storage_key(&spec.name);
-    let mut table = w.open_table(TableDefinition::<&[u8], &[u8]>::new(&area.rows(&name)))?;
-    let mut indexes = spec
-        .indexes
-        .iter()
-        .map(|index| {
-            w.open_table(TableDefinition::<&[u8], ()>::new(
-                &area.index(&name, &index.name),
-            ))
-            .map(|t| (index, t))
-        })
-        .collect::<std::result::Result<Vec<_>, _>>()?;
-    for row in rows {
-        let pk = row_key(spec, row)?;
-        let value = encode_stored_row(version, row);
-        let previous = table
-            .insert(pk.as_slice(), value.as_slice())?
-            .map(|p| p.value().to_vec());
-        if let Some(prev) = previous {
-            let (old, _) = decode_stored_row(&spec.name, &prev)?;
-            for (index, t) in &mut indexes {
-                t.remove(index_key(index, &old, &pk).as_slice())?;
+    // Per index: entry → present after the batch (the last operation on it wins).
+    let mut entries: Vec<std::collections::BTreeMap<Vec<u8>, bool>> =
+        vec![std::collections::BTreeMap::new(); spec.indexes.len()];
+    {
+        let mut table = w.open_table(TableDefinition::<&[u8], &[u8]>::new(&area.rows(&name)))?;
+        for row in rows {
+            let pk = row_key(spec, row)?;
+            let value = encode_stored_row(version, row);
+            let previous = table
+                .insert(pk.as_slice(), value.as_slice())?
+                .map(|p| p.value().to_vec());
+            if let Some(prev) = previous {
+                let (old, _) = decode_stored_row(&spec.name, &prev)?;
+                for (i, index) in spec.indexes.iter().enumerate() {
+                    entries[i].insert(index_key(index, &old, &pk), false);
+                }
+            }
+            for (i, index) in spec.indexes.iter().enumerate() {
+                entries[i].insert(index_key(index, row, &pk), true);
             }
         }
-        for (index, t) in &mut indexes {
-            t.insert(index_key(index, row, &pk).as_slice(), ())?;
+    }
+    for (index, entries) in spec.indexes.iter().zip(entries) {
+        let mut t = w.open_table(TableDefinition::<&[u8], ()>::new(
+            &area.index(&name, &index.name),
+        ))?;
+        for (key, present) in entries {
+            if present {
+                t.insert(key.as_slice(), ())?;
+            } else {
+                t.remove(key.as_slice())?;
+            }
         }
     }
     Ok(())
