@@ -94,8 +94,11 @@ pub struct Cvr {
     pub queries: BTreeMap<String, QueryRecord>,
     /// Desires, by (client, hash).
     pub desires: BTreeMap<(String, String), DesireRecord>,
-    /// Rows.
+    /// Rows. Change them only through the methods (they keep `row_patches` in step).
     pub rows: BTreeMap<RowId, RowRecord>,
+    /// Every row by the version it last changed at, so that the changes after a recent
+    /// cookie are found without a scan of every row (tombstones included).
+    row_patches: BTreeSet<(CvrVersion, RowId)>,
     pub(crate) dirty: Dirty,
 }
 
@@ -112,6 +115,7 @@ impl Cvr {
             queries: BTreeMap::new(),
             desires: BTreeMap::new(),
             rows: BTreeMap::new(),
+            row_patches: BTreeSet::new(),
             dirty: Dirty::default(),
         }
     }
@@ -235,6 +239,10 @@ impl Cvr {
             refs: BTreeMap::new(),
             patch: at,
         });
+        if record.patch != at || !self.row_patches.contains(&(at, id.clone())) {
+            self.row_patches.remove(&(record.patch, id.clone()));
+            self.row_patches.insert((at, id.clone()));
+        }
         let count = i64::from(record.refs.get(hash).copied().unwrap_or(0)) + delta;
         if count <= 0 {
             record.refs.remove(hash);
@@ -251,9 +259,22 @@ impl Cvr {
     /// Notes that a held row's contents changed.
     pub fn touch_row(&mut self, id: &RowId, at: CvrVersion) {
         if let Some(r) = self.rows.get_mut(id) {
+            if r.patch != at {
+                self.row_patches.remove(&(r.patch, id.clone()));
+                self.row_patches.insert((at, id.clone()));
+            }
             r.patch = at;
             self.dirty.rows.insert(id.clone());
         }
+    }
+
+    /// Adds a row as the store has it (loading).
+    pub(crate) fn load_row(&mut self, id: RowId, record: RowRecord) {
+        let patch = record.patch;
+        if let Some(old) = self.rows.insert(id.clone(), record) {
+            self.row_patches.remove(&(old.patch, id.clone()));
+        }
+        self.row_patches.insert((patch, id));
     }
 
     /// True when some query holds the row.
@@ -276,12 +297,94 @@ impl Cvr {
                 out.got.push((hash.clone(), q.got));
             }
         }
-        for (id, r) in &self.rows {
-            let present = !r.refs.is_empty();
-            if after(&r.patch) && (since.is_some() || present) {
-                out.rows.push((id.clone(), present));
+        match since {
+            // A new client: every held row.
+            None => {
+                for (id, r) in &self.rows {
+                    if !r.refs.is_empty() {
+                        out.rows.push((id.clone(), true));
+                    }
+                }
+            }
+            // Newest first, until the cookie; then in row order.
+            Some(s) => {
+                let mut ids: Vec<&RowId> = self
+                    .row_patches
+                    .iter()
+                    .rev()
+                    .take_while(|(v, _)| *v > s)
+                    .map(|(_, id)| id)
+                    .collect();
+                ids.sort_unstable();
+                for id in ids {
+                    if let Some(r) = self.rows.get(id) {
+                        out.rows.push((id.clone(), !r.refs.is_empty()));
+                    }
+                }
             }
         }
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use rand::rngs::StdRng;
+    use rand::{Rng, SeedableRng};
+    use zc_types::Lsn;
+
+    use super::*;
+
+    /// `changes_since` (through the version index) equals a scan of every row.
+    #[test]
+    fn changes_since_equals_a_scan() {
+        for seed in 0..50u64 {
+            let mut rng = StdRng::seed_from_u64(seed);
+            let mut cvr = Cvr::new("g");
+            let mut at = CvrVersion::default();
+            let mut seen = vec![at];
+            for _ in 0..rng.random_range(1..200) {
+                at = if rng.random_bool(0.5) {
+                    at.next_config()
+                } else {
+                    at.advance_to(Lsn(at.state.as_u64() + 1))
+                };
+                seen.push(at);
+                for _ in 0..rng.random_range(1..4) {
+                    let id = RowId {
+                        table: "t".into(),
+                        key: format!("{}", rng.random_range(0..30)),
+                    };
+                    let hash = ["a", "b"][rng.random_range(0..2)];
+                    match rng.random_range(0..3) {
+                        0 => {
+                            cvr.adjust_row(&id, hash, 1, at);
+                        }
+                        1 => {
+                            if cvr.rows.get(&id).is_some_and(|r| r.refs.contains_key(hash)) {
+                                cvr.adjust_row(&id, hash, -1, at);
+                            }
+                        }
+                        _ => cvr.touch_row(&id, at),
+                    }
+                }
+            }
+            for since in seen {
+                let want: Vec<(RowId, bool)> = cvr
+                    .rows
+                    .iter()
+                    .filter(|(_, r)| r.patch > since)
+                    .map(|(id, r)| (id.clone(), !r.refs.is_empty()))
+                    .collect();
+                assert_eq!(cvr.changes_since(Some(since)).rows, want, "seed {seed}");
+            }
+            let all: Vec<(RowId, bool)> = cvr
+                .rows
+                .iter()
+                .filter(|(_, r)| !r.refs.is_empty())
+                .map(|(id, _)| (id.clone(), true))
+                .collect();
+            assert_eq!(cvr.changes_since(None).rows, all);
+        }
     }
 }

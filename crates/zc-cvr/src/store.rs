@@ -176,7 +176,7 @@ impl CvrStore {
         {
             let refs: BTreeMap<String, u32> = serde_json::from_str(r.get::<&str, _>(2))
                 .map_err(|e| corrupt(group, e.to_string()))?;
-            cvr.rows.insert(
+            cvr.load_row(
                 RowId {
                     table: r.get(0),
                     key: r.get(1),
