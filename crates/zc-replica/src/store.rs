@@ -1115,6 +1115,19 @@ impl Snapshot {
         reverse: bool,
     ) -> Result<RowIter<'static>> {
         let spec = self.table(table)?;
+        self.scan_index_of(&spec, index, prefix, reverse)
+    }
+
+    /// [`scan_index_dir`](Self::scan_index_dir) with the table's schema at hand (as this
+    /// snapshot has it), so that the catalog is not read again.
+    pub fn scan_index_of(
+        &self,
+        spec: &TableSpec,
+        index: &str,
+        prefix: &[Value],
+        reverse: bool,
+    ) -> Result<RowIter<'static>> {
+        let table = &spec.name;
         let idx = spec
             .indexes
             .iter()

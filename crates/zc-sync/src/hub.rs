@@ -308,7 +308,10 @@ impl Hub {
             state.epoch += 1;
             self.gauge(0);
         }
-        state.sources = SnapshotSources::new(next)?;
+        state.sources = match kind {
+            StepKind::Rows { .. } => state.sources.renewed(next),
+            StepKind::Reset => SnapshotSources::new(next)?,
+        };
         state.version = to;
         let step = Arc::new(Step {
             to,

@@ -64,6 +64,28 @@ impl SnapshotSources {
         Ok(SnapshotSources { snapshot, tables })
     }
 
+    /// Sources for a later snapshot whose table schemas are those of these sources (no
+    /// table was created, dropped or replaced in between: [`crate::Advance::Rows`]); the
+    /// catalog is not read again. The overlay is not carried over.
+    pub fn renewed(&self, snapshot: Snapshot) -> SnapshotSources {
+        let snapshot = Arc::new(snapshot);
+        let tables = self
+            .tables
+            .iter()
+            .map(|(name, t)| {
+                (
+                    name.clone(),
+                    TableSource {
+                        spec: t.spec.clone(),
+                        snapshot: Arc::clone(&snapshot),
+                        overlay: BTreeMap::new(),
+                    },
+                )
+            })
+            .collect();
+        SnapshotSources { snapshot, tables }
+    }
+
     /// The snapshot under the overlay.
     pub fn snapshot(&self) -> &Snapshot {
         &self.snapshot
@@ -283,7 +305,7 @@ impl TableSource {
         match plan.path.index {
             Some(index) => self
                 .snapshot
-                .scan_index_dir(name, index, &prefix, plan.reverse)
+                .scan_index_of(&self.spec, index, &prefix, plan.reverse)
                 .map_err(read_error),
             None => {
                 let (lower, upper) = if prefix.is_empty() {
