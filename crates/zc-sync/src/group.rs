@@ -375,8 +375,7 @@ impl Group {
         }
         self.change_queries(&client, patch).await?;
         let meta = self.full_meta(&client);
-        self.commit().await?;
-        self.poke_all(&meta, Some(&client)).await;
+        self.commit_and_poke(&meta, Some(&client)).await?;
         Ok(())
     }
 
@@ -387,8 +386,7 @@ impl Group {
                 ..
             }) => {
                 self.change_queries(client, desired_queries_patch).await?;
-                self.commit().await?;
-                self.poke_all(&Meta::default(), None).await;
+                self.commit_and_poke(&Meta::default(), None).await?;
             }
             Upstream::Push(push) => self.push(client, push).await,
             Upstream::UpdateAuth(body) => {
@@ -1187,8 +1185,7 @@ impl Group {
             self.drop_query(&h, at);
         }
         self.cvr.version = at;
-        self.commit().await?;
-        self.poke_all(&Meta::default(), None).await;
+        self.commit_and_poke(&Meta::default(), None).await?;
         Ok(())
     }
 
@@ -1265,8 +1262,7 @@ impl Group {
         if self.cvr.version == previous {
             return Ok(());
         }
-        self.commit().await?;
-        self.poke_all(&meta, None).await;
+        self.commit_and_poke(&meta, None).await?;
         Ok(())
     }
 
@@ -1460,9 +1456,44 @@ impl Group {
         self.resolved.get(hash).cloned()
     }
 
-    /// Sends every connected client what changed since its cookie (and `meta`). The
-    /// client `fresh` just connected: it always gets a poke.
-    async fn poke_all(&mut self, meta: &Meta, fresh: Option<&str>) {
+    /// Writes the CVR and pokes the clients, overlapping the two: every poke's start and
+    /// rows go out while the CVR is written, and its end, which carries the new cookie, only
+    /// after the write committed. A client applies a poke at its end, so it never holds a
+    /// cookie the CVR does not have; if the write fails, the group fails and its clients
+    /// drop the unfinished pokes with the connection.
+    async fn commit_and_poke(&mut self, meta: &Meta, fresh: Option<&str>) -> Result<(), ErrorBody> {
+        let ends = self.poke_all(meta, fresh).await;
+        self.commit().await?;
+        for (name, poke_id, end_cookie) in ends {
+            let Some(client) = self.clients.get_mut(&name) else {
+                continue;
+            };
+            let sent = client
+                .out
+                .send(Downstream::PokeEnd(PokeEndBody::new(
+                    poke_id,
+                    end_cookie.clone(),
+                )))
+                .await
+                .is_ok();
+            if sent {
+                client.cookie = Some(end_cookie);
+            } else {
+                self.clients.remove(&name);
+            }
+        }
+        Ok(())
+    }
+
+    /// Sends every connected client the start and the rows of a poke with what changed
+    /// since its cookie (and `meta`); returns the pokes to end: (client, poke id, cookie).
+    /// The client `fresh` just connected: it always gets a poke.
+    async fn poke_all(
+        &mut self,
+        meta: &Meta,
+        fresh: Option<&str>,
+    ) -> Vec<(String, String, String)> {
+        let mut ends = Vec::new();
         let version = self.cvr.version;
         let cookie = version.cookie();
         let names: Vec<String> = self.clients.keys().cloned().collect();
@@ -1562,22 +1593,12 @@ impl Group {
                 ok = out.send(Downstream::PokePart(part)).await.is_ok();
             }
             if ok {
-                ok = out
-                    .send(Downstream::PokeEnd(PokeEndBody::new(
-                        poke_id,
-                        end_cookie.clone(),
-                    )))
-                    .await
-                    .is_ok();
-            }
-            if ok {
-                if let Some(c) = self.clients.get_mut(&name) {
-                    c.cookie = Some(end_cookie);
-                }
+                ends.push((name, poke_id, end_cookie));
             } else {
                 self.clients.remove(&name);
             }
         }
+        ends
     }
 }
 
