@@ -17,6 +17,7 @@
 //! their pending steps before they subscribe, so the two versions are normally equal.
 
 use std::collections::HashMap;
+use std::collections::hash_map::Entry;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use tokio::sync::mpsc;
@@ -214,39 +215,26 @@ impl Hub {
         let key = pipeline_key(ast);
         let mut guard = self.lock();
         let state = Self::state(&mut guard, replica)?;
-        if !state.pipelines.contains_key(&key) {
-            let mut tree = TreeQuery::build(ast, &state.sources)?;
-            let rows = tree.hydrate(&state.sources)?;
-            let mut held = HashMap::new();
-            for (table, change) in rows {
-                let id = match &change {
-                    RowChange::Add(r) => row_id(&state.sources, &table, r),
-                    _ => None,
-                };
-                if let Some(id) = id {
-                    hold(&mut held, &id, &change);
+        let (version, epoch) = (state.version, state.epoch);
+        let sources = &state.sources;
+        let p = match state.pipelines.entry(Arc::clone(&key)) {
+            Entry::Occupied(e) => e.into_mut(),
+            Entry::Vacant(e) => {
+                let mut tree = TreeQuery::build(ast, sources)?;
+                let mut held = HashMap::new();
+                for (table, change) in tree.hydrate(sources)? {
+                    if let RowChange::Add(r) = &change
+                        && let Some(id) = row_id(sources, &table, r)
+                    {
+                        hold(&mut held, &id, &change);
+                    }
                 }
-            }
-            state.pipelines.insert(
-                Arc::clone(&key),
-                Shared {
+                e.insert(Shared {
                     tree,
                     users: 0,
                     held,
-                },
-            );
-            self.gauge(state.pipelines.len());
-        }
-        let (version, epoch) = (state.version, state.epoch);
-        let Some(p) = state.pipelines.get_mut(&key) else {
-            return Ok((
-                Subscription {
-                    key,
-                    at: version,
-                    epoch,
-                },
-                Vec::new(),
-            ));
+                })
+            }
         };
         p.users += 1;
         let rows = p
@@ -254,6 +242,7 @@ impl Hub {
             .iter()
             .map(|(id, (n, row))| (id.clone(), *n, row.clone()))
             .collect();
+        self.gauge(state.pipelines.len());
         Ok((
             Subscription {
                 key,
@@ -287,6 +276,10 @@ impl Hub {
     pub(crate) fn advance(&self, replica: &Replica) -> Result<(), HubError> {
         let mut guard = self.lock();
         let state = Self::state(&mut guard, replica)?;
+        // Every group calls this on every version; only the first one needs a snapshot.
+        if *replica.subscribe().borrow() <= state.version {
+            return Ok(());
+        }
         let next = replica.snapshot()?;
         let to = next.version().unwrap_or_default();
         if to <= state.version {
