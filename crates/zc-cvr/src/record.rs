@@ -99,6 +99,10 @@ pub struct Cvr {
     /// Every row by the version it last changed at, so that the changes after a recent
     /// cookie are found without a scan of every row (tombstones included).
     row_patches: BTreeSet<(CvrVersion, RowId)>,
+    /// Tombstones are dropped from memory once they are stored (the store keeps them for
+    /// clients at older cookies): the highest version of a tombstone that may be only in
+    /// the store.
+    pub(crate) evicted_through: Option<CvrVersion>,
     pub(crate) dirty: Dirty,
 }
 
@@ -116,7 +120,31 @@ impl Cvr {
             desires: BTreeMap::new(),
             rows: BTreeMap::new(),
             row_patches: BTreeSet::new(),
+            evicted_through: None,
             dirty: Dirty::default(),
+        }
+    }
+
+    /// True when the changes after `since` may include tombstones that are only in the
+    /// store (see [`CvrStore::changes_since`](crate::CvrStore::changes_since)).
+    pub fn needs_stored_tombstones(&self, since: Option<CvrVersion>) -> bool {
+        matches!((since, self.evicted_through), (Some(s), Some(e)) if s < e)
+    }
+
+    /// Drops the stored tombstones among `ids` from memory.
+    pub(crate) fn evict_tombstones<'a>(&mut self, ids: impl IntoIterator<Item = &'a RowId>) {
+        for id in ids {
+            if self.dirty.rows.contains(id) {
+                continue;
+            }
+            if let Some(r) = self.rows.get(id)
+                && r.refs.is_empty()
+            {
+                let patch = r.patch;
+                self.rows.remove(id);
+                self.row_patches.remove(&(patch, id.clone()));
+                self.evicted_through = self.evicted_through.max(Some(patch));
+            }
         }
     }
 

@@ -6,7 +6,7 @@ use sqlx::postgres::{PgPool, PgPoolOptions};
 use sqlx::{AssertSqlSafe, Row as _};
 
 use crate::Error;
-use crate::record::{Cvr, DesireRecord, QueryRecord, RowId, RowRecord};
+use crate::record::{Changes, Cvr, DesireRecord, QueryRecord, RowId, RowRecord};
 use crate::version::CvrVersion;
 
 /// Client view records in PostgreSQL.
@@ -168,7 +168,7 @@ impl CvrStore {
         }
         for r in sqlx::query(AssertSqlSafe(format!(
             "SELECT table_name, row_key, refs::text, patch_version
-             FROM {s}.rows WHERE client_group_id = $1"
+             FROM {s}.rows WHERE client_group_id = $1 AND refs <> '{{}}'::jsonb"
         )))
         .bind(group)
         .fetch_all(&mut *conn)
@@ -187,7 +187,49 @@ impl CvrStore {
                 },
             );
         }
+        // Tombstones stay in the store; clients at older cookies get them from there.
+        cvr.evicted_through = Some(cvr.version);
         Ok(cvr)
+    }
+
+    /// What changed in `cvr` after `since` ([`Cvr::changes_since`]), with the deletes of
+    /// rows whose tombstones were dropped from memory read from the store when `since` is
+    /// older than them.
+    pub async fn changes_since(
+        &self,
+        cvr: &Cvr,
+        since: Option<CvrVersion>,
+    ) -> Result<Changes, Error> {
+        let mut changes = cvr.changes_since(since);
+        let Some(since) = since.filter(|_| cvr.needs_stored_tombstones(since)) else {
+            return Ok(changes);
+        };
+        let s = &self.schema;
+        let rows = sqlx::query(AssertSqlSafe(format!(
+            "SELECT table_name, row_key FROM {s}.rows
+             WHERE client_group_id = $1 AND refs = '{{}}'::jsonb
+               AND patch_version COLLATE \"C\" > $2"
+        )))
+        .bind(&cvr.group)
+        .bind(since.cookie())
+        .fetch_all(&self.pool)
+        .await?;
+        let mut added = false;
+        for r in rows {
+            let id = RowId {
+                table: r.get(0),
+                key: r.get(1),
+            };
+            // The record in memory is newer than the stored one.
+            if !cvr.rows.contains_key(&id) {
+                changes.rows.push((id, false));
+                added = true;
+            }
+        }
+        if added {
+            changes.rows.sort_unstable();
+        }
+        Ok(changes)
     }
 
     /// Writes what changed in `cvr` since it was loaded or last flushed, in one
@@ -198,36 +240,133 @@ impl CvrStore {
         }
         let s = &self.schema;
         let g = cvr.group.clone();
-        let mut tx = self.pool.begin().await?;
-        // The flush does not wait for PostgreSQL's WAL fsync (this transaction only: it stays
-        // atomic, and flushes stay in order). A crash of PostgreSQL itself (not of zc) may
-        // lose the last flushes, whose versions clients may already have been sent. The next
-        // flush then finds the group's row is not the one this instance last wrote (its xmin,
-        // checked below) and fails with `Error::Diverged`: the group reloads the record,
-        // a reconnecting client's cookie is ahead of it and is refused, and that client
-        // resyncs from scratch. A rare resync after a database crash is the price of not
-        // paying an fsync per flush. (Schema set-up keeps the server's setting.)
-        sqlx::query("SET LOCAL synchronous_commit = off")
-            .execute(&mut *tx)
-            .await?;
-        let updated: Option<String> = sqlx::query_scalar(AssertSqlSafe(format!(
-            "UPDATE {s}.instances SET version = $2, user_id = $3, last_active = now()
-             WHERE client_group_id = $1 AND owner = $4 AND ($5::text IS NULL OR xmin::text = $5)
-             RETURNING xmin::text"
-        )))
-        .bind(&g)
-        .bind(cvr.version.cookie())
-        .bind(&cvr.user_id)
-        .bind(&self.owner)
-        .bind(&cvr.stored_xmin)
-        .fetch_optional(&mut *tx)
-        .await?;
-        let Some(xmin) = updated else {
+        let dirty = std::mem::take(&mut cvr.dirty);
+        let clients: Vec<String> = dirty.clients.iter().cloned().collect();
+        let mut queries = QueryColumns::default();
+        for hash in &dirty.queries {
+            if let Some(q) = cvr.queries.get(hash) {
+                queries.hashes.push(hash.clone());
+                queries.names.push(q.name.clone());
+                queries.args.push(q.args.as_ref().map(|a| a.to_string()));
+                queries.asts.push(q.ast.as_ref().map(|a| a.to_string()));
+                queries.got.push(q.got);
+                queries.deleted.push(q.deleted);
+                queries.patches.push(q.patch.cookie());
+            }
+        }
+        let (mut d_clients, mut d_hashes, mut d_ttls, mut d_deleted, mut d_patches, mut d_inactive) =
+            (vec![], vec![], vec![], vec![], vec![], vec![]);
+        for key in &dirty.desires {
+            if let Some(d) = cvr.desires.get(key) {
+                d_clients.push(key.0.clone());
+                d_hashes.push(key.1.clone());
+                d_ttls.push(d.ttl);
+                d_deleted.push(d.deleted);
+                d_patches.push(d.patch.cookie());
+                d_inactive.push(d.inactivated_at);
+            }
+        }
+        let (mut tables, mut keys, mut refs, mut patches) = (vec![], vec![], vec![], vec![]);
+        for id in &dirty.rows {
+            if let Some(r) = cvr.rows.get(id) {
+                refs.push(serde_json::to_string(&r.refs).unwrap_or_else(|_| "{}".into()));
+                patches.push(r.patch.cookie());
+                tables.push(id.table.clone());
+                keys.push(id.key.clone());
+            }
+        }
+        // One statement, one round trip: the instance row is updated only if this instance
+        // still owns the group and the row is the one it last wrote (its xmin), and the rest
+        // is written only if that update happened. The statement is its own transaction
+        // (atomic, and flushes stay in order); `set_config(.., true)` makes its commit not
+        // wait for PostgreSQL's WAL fsync. A crash of PostgreSQL itself (not of zc) may lose
+        // the last flushes, whose versions clients may already have been sent. The next flush
+        // then finds the group's row is not the one this instance last wrote and fails with
+        // `Error::Diverged`: the group reloads the record, a reconnecting client's cookie is
+        // ahead of it and is refused, and that client resyncs from scratch. A rare resync
+        // after a database crash is the price of not paying an fsync per flush. (Schema
+        // set-up keeps the server's setting.)
+        let written: Result<Option<String>, sqlx::Error> =
+            sqlx::query_scalar(AssertSqlSafe(format!(
+                "WITH sc AS (SELECT set_config('synchronous_commit', 'off', true) AS v),
+             inst AS (
+               UPDATE {s}.instances SET version = $2, user_id = $3, last_active = now()
+               WHERE client_group_id = $1 AND owner = $4 AND ($5::text IS NULL OR xmin::text = $5)
+               RETURNING xmin::text AS xmin),
+             cl AS (
+               INSERT INTO {s}.clients (client_group_id, client_id)
+               SELECT $1, c FROM UNNEST($6::text[]) AS c WHERE EXISTS (SELECT 1 FROM inst)
+               ON CONFLICT DO NOTHING),
+             qu AS (
+               INSERT INTO {s}.queries (client_group_id, query_hash, name, args, ast, got,
+                 deleted, patch_version)
+               SELECT $1, h, n, a::jsonb, t::jsonb, gt, d, p
+               FROM UNNEST($7::text[], $8::text[], $9::text[], $10::text[], $11::bool[],
+                 $12::bool[], $13::text[]) AS u(h, n, a, t, gt, d, p)
+               WHERE EXISTS (SELECT 1 FROM inst)
+               ON CONFLICT (client_group_id, query_hash) DO UPDATE SET name = EXCLUDED.name,
+               args = EXCLUDED.args, ast = EXCLUDED.ast, got = EXCLUDED.got,
+               deleted = EXCLUDED.deleted, patch_version = EXCLUDED.patch_version),
+             de AS (
+               INSERT INTO {s}.desires (client_group_id, client_id, query_hash, ttl, deleted,
+                 inactivated_at, patch_version)
+               SELECT $1, c, h, t, d, i, p
+               FROM UNNEST($14::text[], $15::text[], $16::float8[], $17::bool[], $18::text[],
+                 $19::int8[]) AS u(c, h, t, d, p, i)
+               WHERE EXISTS (SELECT 1 FROM inst)
+               ON CONFLICT (client_group_id, client_id, query_hash) DO UPDATE SET
+               ttl = EXCLUDED.ttl, deleted = EXCLUDED.deleted,
+               inactivated_at = EXCLUDED.inactivated_at, patch_version = EXCLUDED.patch_version),
+             ro AS (
+               INSERT INTO {s}.rows (client_group_id, table_name, row_key, refs, patch_version)
+               SELECT $1, t, k, r::jsonb, p
+               FROM UNNEST($20::text[], $21::text[], $22::text[], $23::text[]) AS u(t, k, r, p)
+               WHERE EXISTS (SELECT 1 FROM inst)
+               ON CONFLICT (client_group_id, table_name, row_key) DO UPDATE SET
+               refs = EXCLUDED.refs, patch_version = EXCLUDED.patch_version)
+             SELECT (SELECT xmin FROM inst) FROM sc"
+            )))
+            .bind(&g)
+            .bind(cvr.version.cookie())
+            .bind(&cvr.user_id)
+            .bind(&self.owner)
+            .bind(&cvr.stored_xmin)
+            .bind(&clients)
+            .bind(&queries.hashes)
+            .bind(&queries.names)
+            .bind(&queries.args)
+            .bind(&queries.asts)
+            .bind(&queries.got)
+            .bind(&queries.deleted)
+            .bind(&queries.patches)
+            .bind(&d_clients)
+            .bind(&d_hashes)
+            .bind(&d_ttls)
+            .bind(&d_deleted)
+            .bind(&d_patches)
+            .bind(&d_inactive)
+            .bind(&tables)
+            .bind(&keys)
+            .bind(&refs)
+            .bind(&patches)
+            .fetch_one(&self.pool)
+            .await;
+        let written = match written {
+            Ok(written) => written,
+            Err(e) => {
+                // Not written: the changes stay dirty for the next flush.
+                cvr.dirty = dirty;
+                return Err(e.into());
+            }
+        };
+        let Some(xmin) = written else {
+            // Nothing was written: keep the changes dirty, and tell why.
+            cvr.dirty = dirty;
             let owner: Option<Option<String>> = sqlx::query_scalar(AssertSqlSafe(format!(
                 "SELECT owner FROM {s}.instances WHERE client_group_id = $1"
             )))
             .bind(&g)
-            .fetch_optional(&mut *tx)
+            .fetch_optional(&self.pool)
             .await?;
             return Err(if owner.flatten().as_deref() == Some(self.owner.as_str()) {
                 Error::Diverged(g)
@@ -235,102 +374,21 @@ impl CvrStore {
                 Error::OwnershipLost(g)
             });
         };
-        let dirty = std::mem::take(&mut cvr.dirty);
-        if !dirty.clients.is_empty() {
-            let ids: Vec<String> = dirty.clients.into_iter().collect();
-            sqlx::query(AssertSqlSafe(format!(
-                "INSERT INTO {s}.clients (client_group_id, client_id) SELECT $1, c FROM UNNEST($2::text[]) AS c
-                 ON CONFLICT DO NOTHING"
-            )))
-            .bind(&g)
-            .bind(&ids)
-            .execute(&mut *tx)
-            .await?;
-        }
-        for hash in dirty.queries {
-            let Some(q) = cvr.queries.get(&hash) else {
-                continue;
-            };
-            sqlx::query(AssertSqlSafe(format!(
-                "INSERT INTO {s}.queries (client_group_id, query_hash, name, args, ast, got,
-                   deleted, patch_version) VALUES ($1, $2, $3, $4::jsonb, $5::jsonb, $6, $7, $8)
-                 ON CONFLICT (client_group_id, query_hash) DO UPDATE SET name = $3,
-                 args = $4::jsonb, ast = $5::jsonb, got = $6, deleted = $7, patch_version = $8"
-            )))
-            .bind(&g)
-            .bind(&hash)
-            .bind(&q.name)
-            .bind(q.args.as_ref().map(|a| a.to_string()))
-            .bind(q.ast.as_ref().map(|a| a.to_string()))
-            .bind(q.got)
-            .bind(q.deleted)
-            .bind(q.patch.cookie())
-            .execute(&mut *tx)
-            .await?;
-        }
-        if !dirty.desires.is_empty() {
-            let (mut clients, mut hashes, mut ttls, mut deleted, mut patches, mut inactive) =
-                (vec![], vec![], vec![], vec![], vec![], vec![]);
-            for key in dirty.desires {
-                if let Some(d) = cvr.desires.get(&key) {
-                    clients.push(key.0);
-                    hashes.push(key.1);
-                    ttls.push(d.ttl);
-                    deleted.push(d.deleted);
-                    patches.push(d.patch.cookie());
-                    inactive.push(d.inactivated_at);
-                }
-            }
-            sqlx::query(AssertSqlSafe(format!(
-                "INSERT INTO {s}.desires (client_group_id, client_id, query_hash, ttl, deleted,
-                   inactivated_at, patch_version)
-                 SELECT $1, c, h, t, d, i, p
-                 FROM UNNEST($2::text[], $3::text[], $4::float8[], $5::bool[], $6::text[], $7::int8[])
-                   AS u(c, h, t, d, p, i)
-                 ON CONFLICT (client_group_id, client_id, query_hash) DO UPDATE SET
-                 ttl = EXCLUDED.ttl, deleted = EXCLUDED.deleted,
-                 inactivated_at = EXCLUDED.inactivated_at, patch_version = EXCLUDED.patch_version"
-            )))
-            .bind(&g)
-            .bind(&clients)
-            .bind(&hashes)
-            .bind(&ttls)
-            .bind(&deleted)
-            .bind(&patches)
-            .bind(&inactive)
-            .execute(&mut *tx)
-            .await?;
-        }
-        if !dirty.rows.is_empty() {
-            let (mut tables, mut keys, mut refs, mut patches) = (vec![], vec![], vec![], vec![]);
-            for id in dirty.rows {
-                if let Some(r) = cvr.rows.get(&id) {
-                    refs.push(serde_json::to_string(&r.refs).unwrap_or_else(|_| "{}".into()));
-                    patches.push(r.patch.cookie());
-                    tables.push(id.table);
-                    keys.push(id.key);
-                }
-            }
-            for chunk in (0..tables.len()).collect::<Vec<_>>().chunks(10_000) {
-                let (a, b) = (chunk[0], chunk[chunk.len() - 1] + 1);
-                sqlx::query(AssertSqlSafe(format!(
-                    "INSERT INTO {s}.rows (client_group_id, table_name, row_key, refs, patch_version)
-                     SELECT $1, t, k, r::jsonb, p FROM UNNEST($2::text[], $3::text[], $4::text[], $5::text[]) AS u(t, k, r, p)
-                     ON CONFLICT (client_group_id, table_name, row_key) DO UPDATE SET
-                     refs = EXCLUDED.refs, patch_version = EXCLUDED.patch_version"
-                )))
-                .bind(&g)
-                .bind(&tables[a..b])
-                .bind(&keys[a..b])
-                .bind(&refs[a..b])
-                .bind(&patches[a..b])
-                .execute(&mut *tx)
-                .await?;
-            }
-        }
-        tx.commit().await?;
         cvr.stored_version = Some(cvr.version);
         cvr.stored_xmin = Some(xmin);
+        cvr.evict_tombstones(&dirty.rows);
         Ok(())
     }
+}
+
+/// The dirty queries of a flush, column by column.
+#[derive(Default)]
+struct QueryColumns {
+    hashes: Vec<String>,
+    names: Vec<Option<String>>,
+    args: Vec<Option<String>>,
+    asts: Vec<Option<String>>,
+    got: Vec<bool>,
+    deleted: Vec<bool>,
+    patches: Vec<String>,
 }

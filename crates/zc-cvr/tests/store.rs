@@ -58,10 +58,35 @@ async fn records_round_trip_and_catch_up_from_a_cookie() {
     assert_eq!(loaded.rows, cvr.rows);
     assert!(loaded.clients.contains("c1"));
 
-    // A client at v2 learns only that a changed and b left.
-    let since_v2 = loaded.changes_since(Some(v2));
-    assert!(since_v2.desires.is_empty() && since_v2.got.is_empty());
-    assert_eq!(since_v2.rows, vec![(row("a"), true), (row("b"), false)]);
+    // b's tombstone is stored, and no longer held in memory (neither before nor after the
+    // reload): the store supplies it to clients at older cookies.
+    assert!(!cvr.rows.contains_key(&row("b")));
+    assert!(cvr.needs_stored_tombstones(Some(v2)));
+    assert!(!cvr.needs_stored_tombstones(Some(v3)));
+    for record in [&cvr, &loaded] {
+        // A client at v2 learns only that a changed and b left.
+        let since_v2 = store
+            .changes_since(record, Some(v2))
+            .await
+            .expect("changes");
+        assert!(since_v2.desires.is_empty() && since_v2.got.is_empty());
+        assert_eq!(since_v2.rows, vec![(row("a"), true), (row("b"), false)]);
+        // A client at v3 needs nothing.
+        let since_v3 = store
+            .changes_since(record, Some(v3))
+            .await
+            .expect("changes");
+        assert!(since_v3.rows.is_empty());
+    }
+    // A row that comes back is live again, for clients at any cookie.
+    // (The reload took the group over, so the loaded record goes on.)
+    let mut cvr = loaded.clone();
+    let v4 = v3.advance_to(Lsn(300));
+    cvr.version = v4;
+    assert!(cvr.adjust_row(&row("b"), "q1", 1, v4));
+    store.flush(&mut cvr).await.expect("flush");
+    let since_v2 = store.changes_since(&cvr, Some(v2)).await.expect("changes");
+    assert_eq!(since_v2.rows, vec![(row("a"), true), (row("b"), true)]);
     // A new client gets the live state only.
     let fresh = loaded.changes_since(None);
     assert_eq!(fresh.rows, vec![(row("a"), true)]);

@@ -433,49 +433,91 @@ fn put_row_in(
     Ok(pk)
 }
 
-/// [`put_row_in`] for many rows: the table and its indexes are opened once, and each
-/// index gets its entries in key order, one index after the other (sorted inserts touch far
-/// fewer B-tree pages than entries interleaved over several trees).
-fn put_rows_in(
+/// A batch of copied rows, encoded for storage: the rows sorted by key, and each index's
+/// entries sorted. Built outside the writer lock (see [`Destination::copy_rows`]).
+struct EncodedBatch {
+    /// (key, stored value without its 8-byte version prefix filled in yet)
+    rows: Vec<(Vec<u8>, Vec<u8>)>,
+    /// Per index of the spec: its new entries, sorted.
+    index_keys: Vec<Vec<Vec<u8>>>,
+}
+
+/// Encodes `rows` of `spec` for [`put_encoded_in`]. Rows with the same key: the last wins.
+fn encode_batch(spec: &TableSpec, rows: &[Row]) -> Result<EncodedBatch> {
+    let mut keyed: Vec<(Vec<u8>, usize)> = Vec::with_capacity(rows.len());
+    for (i, row) in rows.iter().enumerate() {
+        keyed.push((row_key(spec, row)?, i));
+    }
+    // Stable: among equal keys the later row stays last, and dedup keeps the last of a run.
+    keyed.sort_by(|a, b| a.0.cmp(&b.0));
+    let mut unique: Vec<(Vec<u8>, usize)> = Vec::with_capacity(keyed.len());
+    for entry in keyed {
+        match unique.last_mut() {
+            Some(last) if last.0 == entry.0 => *last = entry,
+            _ => unique.push(entry),
+        }
+    }
+    let mut index_keys: Vec<Vec<Vec<u8>>> = spec
+        .indexes
+        .iter()
+        .map(|_| Vec::with_capacity(unique.len()))
+        .collect();
+    let mut out = Vec::with_capacity(unique.len());
+    for (pk, i) in unique {
+        let Some(row) = rows.get(i) else { continue };
+        for (keys, index) in index_keys.iter_mut().zip(&spec.indexes) {
+            keys.push(index_key(index, row, &pk));
+        }
+        out.push((pk, encode_stored_row(0, row)));
+    }
+    for keys in &mut index_keys {
+        keys.sort_unstable();
+    }
+    Ok(EncodedBatch {
+        rows: out,
+        index_keys,
+    })
+}
+
+/// Stores an [`EncodedBatch`] with `version`. Rows it replaces lose their index entries.
+fn put_encoded_in(
     w: &WriteTransaction,
     area: Area,
     spec: &TableSpec,
     version: u64,
-    rows: &[Row],
+    batch: EncodedBatch,
 ) -> Result<()> {
     let name = storage_key(&spec.name);
-    // Per index: entry → present after the batch (the last operation on it wins).
-    let mut entries: Vec<std::collections::BTreeMap<Vec<u8>, bool>> =
-        vec![std::collections::BTreeMap::new(); spec.indexes.len()];
+    // Index entries of replaced rows (none in a fresh copy).
+    let mut removed: Vec<Vec<Vec<u8>>> = vec![Vec::new(); spec.indexes.len()];
     {
         let mut table = w.open_table(TableDefinition::<&[u8], &[u8]>::new(&area.rows(&name)))?;
-        for row in rows {
-            let pk = row_key(spec, row)?;
-            let value = encode_stored_row(version, row);
+        for (pk, mut value) in batch.rows {
+            if let Some(prefix) = value.get_mut(..8) {
+                prefix.copy_from_slice(&version.to_be_bytes());
+            }
             let previous = table
                 .insert(pk.as_slice(), value.as_slice())?
                 .map(|p| p.value().to_vec());
             if let Some(prev) = previous {
                 let (old, _) = decode_stored_row(&spec.name, &prev)?;
-                for (i, index) in spec.indexes.iter().enumerate() {
-                    entries[i].insert(index_key(index, &old, &pk), false);
+                for (keys, index) in removed.iter_mut().zip(&spec.indexes) {
+                    keys.push(index_key(index, &old, &pk));
                 }
-            }
-            for (i, index) in spec.indexes.iter().enumerate() {
-                entries[i].insert(index_key(index, row, &pk), true);
             }
         }
     }
-    for (index, entries) in spec.indexes.iter().zip(entries) {
+    for ((index, mut gone), added) in spec.indexes.iter().zip(removed).zip(batch.index_keys) {
         let mut t = w.open_table(TableDefinition::<&[u8], ()>::new(
             &area.index(&name, &index.name),
         ))?;
-        for (key, present) in entries {
-            if present {
-                t.insert(key.as_slice(), ())?;
-            } else {
-                t.remove(key.as_slice())?;
-            }
+        // Old entries go first: an entry both removed and added stays.
+        gone.sort_unstable();
+        for key in gone {
+            t.remove(key.as_slice())?;
+        }
+        for key in added {
+            t.insert(key.as_slice(), ())?;
         }
     }
     Ok(())
@@ -548,6 +590,33 @@ fn catalog_specs(w: &WriteTransaction) -> Result<Vec<TableSpec>> {
         out.push(spec);
     }
     Ok(out)
+}
+
+/// Where copied rows of `table` go, read from a snapshot: the staging tables when that table
+/// is being copied again, else its live tables (the initial sync).
+fn copy_target(db: &Database, table: &TableName) -> Result<(Area, Arc<TableSpec>)> {
+    let r = db.begin_read()?;
+    let meta = r.open_table(META)?;
+    if let Some(raw) = meta.get(META_RESYNC)? {
+        let spec: TableSpec =
+            serde_json::from_slice(raw.value()).map_err(|source| Error::Catalog {
+                table: META_RESYNC.to_owned(),
+                source,
+            })?;
+        if spec.name == *table {
+            return Ok((Area::Staging, Arc::new(spec)));
+        }
+    }
+    let catalog = r.open_table(CATALOG)?;
+    let key = storage_key(table);
+    let entry = catalog
+        .get(key.as_str())?
+        .ok_or_else(|| Error::UnknownTable(table.clone()))?;
+    let spec: TableSpec = serde_json::from_str(entry.value()).map_err(|source| Error::Catalog {
+        table: key.clone(),
+        source,
+    })?;
+    Ok((Area::Live, Arc::new(spec)))
 }
 
 fn staged_spec(w: &WriteTransaction) -> Result<Option<TableSpec>> {
@@ -752,31 +821,41 @@ impl Destination for Replica {
     }
 
     async fn copy_rows(&self, table: &TableName, rows: Vec<Row>) -> Result<()> {
-        let table = table.clone();
+        // Keys, stored rows and index entries are encoded and sorted before the writer lock is
+        // taken: the copy workers encode in parallel, the writer only inserts.
+        let inner = Arc::clone(&self.inner);
+        let name = table.clone();
+        let (area, spec, batch) = tokio::task::spawn_blocking(move || {
+            let (area, spec) = copy_target(&inner.db, &name)?;
+            let batch = encode_batch(&spec, &rows)?;
+            Ok::<_, Error>((area, spec, batch))
+        })
+        .await
+        .map_err(Error::Writer)??;
         self.write(move |db| {
             let mut w = db.begin_write()?;
             w.set_durability(Durability::None)?;
-            match staged_spec(&w)?.filter(|s| s.name == table) {
-                Some(spec) => {
-                    // Staged rows carry the version the swap will have.
+            let staged = staged_spec(&w)?.filter(|s| s.name == spec.name);
+            let version = match (area, staged) {
+                // Staged rows carry the version the swap will have.
+                (Area::Staging, Some(staged)) if staged == *spec => {
                     let mark = read_watermark(&w)?.ok_or(Error::State(META_WATERMARK))?;
-                    let version = mark.commit_lsn.as_u64() + 1;
-                    put_rows_in(&w, Area::Staging, &spec, version, &rows)?;
+                    mark.commit_lsn.as_u64() + 1
                 }
-                None => {
-                    let version = {
-                        let meta = w.open_table(META)?;
-                        let v = meta.get(META_SYNCING)?.ok_or(Error::State(META_SYNCING))?;
-                        let raw: [u8; 8] = v
-                            .value()
-                            .try_into()
-                            .map_err(|_| Error::State(META_SYNCING))?;
-                        u64::from_be_bytes(raw)
-                    };
-                    let spec = load_spec(&w, &table)?;
-                    put_rows_in(&w, Area::Live, &spec, version, &rows)?;
+                (Area::Live, None) => {
+                    let meta = w.open_table(META)?;
+                    let v = meta.get(META_SYNCING)?.ok_or(Error::State(META_SYNCING))?;
+                    let raw: [u8; 8] = v
+                        .value()
+                        .try_into()
+                        .map_err(|_| Error::State(META_SYNCING))?;
+                    u64::from_be_bytes(raw)
                 }
-            }
+                // The target changed between encoding and writing (it cannot while one copy
+                // runs; this only keeps a stale batch out of the wrong tables).
+                _ => return Err(Error::State(META_RESYNC)),
+            };
+            put_encoded_in(&w, area, &spec, version, batch)?;
             w.commit()?;
             Ok(())
         })

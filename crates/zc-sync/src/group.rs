@@ -3,7 +3,7 @@
 //!
 //! Order per change: advance the pipelines → flush the CVR → poke the clients, so that a
 //! client never sees a cookie the CVR does not have. Every poke a client gets is "what
-//! changed in the CVR after the client's cookie" ([`Cvr::changes_since`]), which is also
+//! changed in the CVR after the client's cookie" ([`zc_cvr::CvrStore::changes_since`]), which is also
 //! how a reconnecting client catches up from an old cookie.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -1510,7 +1510,22 @@ impl Group {
             if since == Some(version) && !is_fresh {
                 continue;
             }
-            let changes = self.cvr.changes_since(since);
+            let changes = match self.shared.cvr.changes_since(&self.cvr, since).await {
+                Ok(changes) => changes,
+                Err(e) => {
+                    // The deletes it is owed cannot be read: it reconnects and tries again.
+                    if let Some(c) = self.clients.remove(&name) {
+                        let _ = c
+                            .out
+                            .send(Downstream::Error(ErrorBody::internal(format!(
+                                "reading the client view record failed: {}",
+                                error_chain(&e)
+                            ))))
+                            .await;
+                    }
+                    continue;
+                }
+            };
             self.poke_seq += 1;
             let base = client.cookie.clone();
             let up_to_date = since == Some(version);
