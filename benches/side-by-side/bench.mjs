@@ -50,10 +50,10 @@ const CFG = {
   zcBin: env.BENCH_ZC_BIN ?? path.join(repo, 'target/release/zc'),
   refDir: env.BENCH_REF_DIR ?? '/tmp/zc-ref',
   pgBin: env.BENCH_PG_BIN ?? '/usr/lib/postgresql/15/bin',
-  pgPort: num(env.BENCH_PG_PORT, 35433),
+  pgPort: num(env.BENCH_PG_PORT, 25433),
   pgData: env.BENCH_PG_DATA, // keep the cluster (and its seeded templates) here between runs
-  port: num(env.BENCH_PORT, 34848),
-  apiPort: num(env.BENCH_API_PORT, 34950),
+  port: num(env.BENCH_PORT, 24848),
+  apiPort: num(env.BENCH_API_PORT, 24950),
   clients: num(env.BENCH_CLIENTS, 50),
   clientProcs: num(env.BENCH_CLIENT_PROCS, 2),
   rate: num(env.BENCH_RATE, 5),
