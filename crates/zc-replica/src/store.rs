@@ -315,7 +315,14 @@ impl Replica {
 }
 
 fn load_spec(w: &WriteTransaction, table: &TableName) -> Result<Arc<TableSpec>> {
-    let catalog = w.open_table(CATALOG)?;
+    catalog_spec(&w.open_table(CATALOG)?, table)
+}
+
+/// A table's schema from the catalog (of a write or a read transaction).
+fn catalog_spec(
+    catalog: &impl ReadableTable<&'static str, &'static str>,
+    table: &TableName,
+) -> Result<Arc<TableSpec>> {
     let key = storage_key(table);
     let entry = catalog
         .get(key.as_str())?
@@ -596,31 +603,22 @@ fn catalog_specs(w: &WriteTransaction) -> Result<Vec<TableSpec>> {
 /// is being copied again, else its live tables (the initial sync).
 fn copy_target(db: &Database, table: &TableName) -> Result<(Area, Arc<TableSpec>)> {
     let r = db.begin_read()?;
-    let meta = r.open_table(META)?;
-    if let Some(raw) = meta.get(META_RESYNC)? {
-        let spec: TableSpec =
-            serde_json::from_slice(raw.value()).map_err(|source| Error::Catalog {
-                table: META_RESYNC.to_owned(),
-                source,
-            })?;
-        if spec.name == *table {
-            return Ok((Area::Staging, Arc::new(spec)));
-        }
+    if let Some(spec) = resync_spec(&r.open_table(META)?)?
+        && spec.name == *table
+    {
+        return Ok((Area::Staging, Arc::new(spec)));
     }
-    let catalog = r.open_table(CATALOG)?;
-    let key = storage_key(table);
-    let entry = catalog
-        .get(key.as_str())?
-        .ok_or_else(|| Error::UnknownTable(table.clone()))?;
-    let spec: TableSpec = serde_json::from_str(entry.value()).map_err(|source| Error::Catalog {
-        table: key.clone(),
-        source,
-    })?;
-    Ok((Area::Live, Arc::new(spec)))
+    Ok((Area::Live, catalog_spec(&r.open_table(CATALOG)?, table)?))
 }
 
 fn staged_spec(w: &WriteTransaction) -> Result<Option<TableSpec>> {
-    let meta = w.open_table(META)?;
+    resync_spec(&w.open_table(META)?)
+}
+
+/// The schema of the table being copied again, if any (of a write or a read transaction).
+fn resync_spec(
+    meta: &impl ReadableTable<&'static str, &'static [u8]>,
+) -> Result<Option<TableSpec>> {
     let raw = meta.get(META_RESYNC)?;
     raw.map(|r| {
         serde_json::from_slice(r.value()).map_err(|source| Error::Catalog {
