@@ -52,6 +52,15 @@ pub enum Error {
         /// Columns in the table.
         expected: usize,
     },
+    /// A run file of an index build (next to the replica) could not be written or read.
+    #[error("index build file {path} failed")]
+    IndexBuild {
+        /// The file.
+        path: String,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
     /// The blocking writer task ended abnormally.
     #[error("replica writer task failed")]
     Writer(#[source] tokio::task::JoinError),

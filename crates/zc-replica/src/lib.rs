@@ -23,6 +23,7 @@
 #![warn(missing_docs, unreachable_pub)]
 
 mod error;
+mod index_build;
 pub mod key;
 mod store;
 

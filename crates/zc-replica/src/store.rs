@@ -39,6 +39,7 @@ use zc_types::{Lsn, Row, TableName, TableSpec, Value};
 use zc_wal::{Change, Destination, SyncState, Transaction, Watermark};
 
 use crate::error::{Error, Result};
+use crate::index_build::IndexBuilds;
 use crate::key;
 
 /// The default page cache of the replica (64 MiB).
@@ -171,6 +172,136 @@ struct Inner {
     /// Whether a `Durability::None` commit of `apply_deferred` may not be durable yet
     /// (changed only by the writer, under `write_lock`).
     deferred: AtomicBool,
+    /// The copy's open write transaction between two batches (see
+    /// [`Destination::copy_rows`]); taken and committed before any other write.
+    copy: std::sync::Mutex<Option<OpenCopy>>,
+    /// The secondary index entries of the copy in progress, written when it finishes.
+    builds: std::sync::Mutex<IndexBuilds>,
+}
+
+/// A write transaction of the copy, kept open across batches: redb then changes the pages
+/// the copy dirtied in place instead of copying them again in every batch's commit.
+struct OpenCopy {
+    txn: WriteTransaction,
+    area: Area,
+    /// The version the copied rows carry in this area.
+    version: u64,
+    /// Rows written since this transaction began.
+    rows: usize,
+}
+
+/// Rows a copy writes in one write transaction before committing it (non-durably).
+const COPY_COMMIT_ROWS: usize = 1_000_000;
+
+impl Inner {
+    /// Commits the copy's open write transaction, if any (non-durably, as every batch of a
+    /// copy). Every write runs this first: redb has one write transaction at a time.
+    fn settle_copy(&self) -> Result<()> {
+        let open = self.copy.lock().map_err(|_| Error::State("copy"))?.take();
+        if let Some(open) = open {
+            open.txn.commit()?;
+        }
+        Ok(())
+    }
+
+    /// Writes the secondary indexes the copy collected (see [`IndexBuilds`]).
+    fn write_indexes(&self) -> Result<()> {
+        let mut builds = self
+            .builds
+            .lock()
+            .map_err(|_| Error::State("index build"))?;
+        if builds.is_empty() {
+            return Ok(());
+        }
+        let started = std::time::Instant::now();
+        let entries = builds.write_all(&self.db)?;
+        tracing::info!(
+            entries,
+            ms = started.elapsed().as_millis() as u64,
+            "wrote the copy's secondary indexes"
+        );
+        Ok(())
+    }
+
+    /// Forgets the index entries of an interrupted copy.
+    fn clear_indexes(&self) -> Result<()> {
+        self.builds
+            .lock()
+            .map_err(|_| Error::State("index build"))?
+            .clear();
+        Ok(())
+    }
+
+    /// Writes one encoded batch of a copy into the copy's open write transaction (begun here
+    /// if there is none), and commits that transaction once it holds enough rows. Runs as the
+    /// writer, under `write_lock`.
+    fn copy_batch(&self, area: Area, spec: &TableSpec, batch: EncodedBatch) -> Result<()> {
+        // Lock order: `copy`, then `builds`.
+        let mut slot = self.copy.lock().map_err(|_| Error::State("copy"))?;
+        let mut open = match slot.take() {
+            Some(open) if open.area == area => open,
+            other => {
+                if let Some(open) = other {
+                    open.txn.commit()?;
+                }
+                let mut txn = self.db.begin_write()?;
+                txn.set_durability(Durability::None)?;
+                let version = copy_version(&txn, area, spec)?;
+                OpenCopy {
+                    txn,
+                    area,
+                    version,
+                    rows: 0,
+                }
+            }
+        };
+        // The target may have changed since the batch was encoded (it cannot while one copy
+        // runs; this only keeps a stale batch out of the wrong tables).
+        if area == Area::Staging && staged_spec(&open.txn)?.as_ref() != Some(spec) {
+            open.txn.commit()?;
+            return Err(Error::State(META_RESYNC));
+        }
+        open.rows += batch.rows.len();
+        let mut builds = self
+            .builds
+            .lock()
+            .map_err(|_| Error::State("index build"))?;
+        put_encoded_in(
+            &open.txn,
+            area,
+            spec,
+            open.version,
+            batch,
+            Some(&mut builds),
+        )?;
+        if open.rows >= COPY_COMMIT_ROWS {
+            open.txn.commit()?;
+        } else {
+            *slot = Some(open);
+        }
+        Ok(())
+    }
+}
+
+/// The version rows copied into `area` carry: the initial sync's replica version, or for a
+/// table copied again into staging tables, the version its swap will have.
+fn copy_version(w: &WriteTransaction, area: Area, spec: &TableSpec) -> Result<u64> {
+    match (area, staged_spec(w)?.filter(|s| s.name == spec.name)) {
+        (Area::Staging, Some(staged)) if staged == *spec => {
+            let mark = read_watermark(w)?.ok_or(Error::State(META_WATERMARK))?;
+            Ok(mark.commit_lsn.as_u64() + 1)
+        }
+        (Area::Live, None) => {
+            let meta = w.open_table(META)?;
+            let v = meta.get(META_SYNCING)?.ok_or(Error::State(META_SYNCING))?;
+            let raw: [u8; 8] = v
+                .value()
+                .try_into()
+                .map_err(|_| Error::State(META_SYNCING))?;
+            Ok(u64::from_be_bytes(raw))
+        }
+        _ => Err(Error::State(META_RESYNC)),
+    }
 }
 
 impl std::fmt::Debug for Replica {
@@ -185,7 +316,13 @@ impl Replica {
     /// Opens (or creates) the replica file at `path`. Recovery after an unclean shutdown
     /// happens here (redb repairs the file on open).
     pub fn open(path: impl AsRef<Path>) -> Result<Replica> {
-        Self::open_with_cache(path, DEFAULT_CACHE_BYTES)
+        Self::open_with_cache(
+            path,
+            std::env::var("ZC_HACK_CACHE")
+                .ok()
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(DEFAULT_CACHE_BYTES),
+        )
     }
 
     /// Opens the replica with a page cache of at most `cache_bytes`. The cache bounds the
@@ -193,6 +330,11 @@ impl Replica {
     /// wrote in memory.
     pub fn open_with_cache(path: impl AsRef<Path>, cache_bytes: usize) -> Result<Replica> {
         let path = path.as_ref().to_path_buf();
+        let mut build_dir = path.clone().into_os_string();
+        build_dir.push(".index-build");
+        // Run files of a copy interrupted by a crash: that copy starts over.
+        let mut builds = IndexBuilds::new(PathBuf::from(build_dir));
+        builds.clear();
         let db = Database::builder()
             .set_cache_size(cache_bytes)
             .create(&path)
@@ -207,6 +349,8 @@ impl Replica {
                 write_lock: Arc::new(Mutex::new(())),
                 version_tx: watch::channel(Lsn::ZERO).0,
                 deferred: AtomicBool::new(false),
+                copy: std::sync::Mutex::new(None),
+                builds: std::sync::Mutex::new(builds),
             }),
         };
         let version = replica
@@ -235,16 +379,8 @@ impl Replica {
         self.inner.version_tx.subscribe()
     }
 
-    /// Runs `f` on a blocking thread as the one writer.
-    async fn write<T, F>(&self, f: F) -> Result<T>
-    where
-        T: Send + 'static,
-        F: FnOnce(&Database) -> Result<T> + Send + 'static,
-    {
-        self.write_inner(move |inner| f(&inner.db)).await
-    }
-
-    /// [`write`](Self::write) with access to the writer's state.
+    /// Runs `f` on a blocking thread as the one writer, after committing the copy's open
+    /// write transaction (if any).
     async fn write_inner<T, F>(&self, f: F) -> Result<T>
     where
         T: Send + 'static,
@@ -255,7 +391,7 @@ impl Replica {
         let guard = Arc::clone(&self.inner.write_lock).lock_owned().await;
         let inner = Arc::clone(&self.inner);
         tokio::task::spawn_blocking(move || {
-            let result = f(&inner);
+            let result = inner.settle_copy().and_then(|()| f(&inner));
             drop(guard);
             result
         })
@@ -394,6 +530,23 @@ fn check_shape(spec: &TableSpec, got: usize) -> Result<()> {
     Ok(())
 }
 
+/// Whether an index only repeats the rows' own order: its columns are the key's, in key order,
+/// ascending (the primary key's own index, mirrored from upstream). Its entries would equal the
+/// row keys, so the rows serve it and it is not stored.
+fn mirrors_key(spec: &TableSpec, index: &zc_types::IndexSpec) -> bool {
+    index.columns.len() == spec.key.len()
+        && index
+            .columns
+            .iter()
+            .zip(&spec.key)
+            .all(|(&(column, desc), &key)| column == key && !desc)
+}
+
+/// The indexes of `spec` that are stored (all but those that mirror the key).
+fn stored_indexes(spec: &TableSpec) -> impl Iterator<Item = &zc_types::IndexSpec> {
+    spec.indexes.iter().filter(|i| !mirrors_key(spec, i))
+}
+
 fn index_key(index: &zc_types::IndexSpec, row: &[Value], pk: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(32 + pk.len());
     for &(col, desc) in &index.columns {
@@ -431,7 +584,7 @@ fn put_row_in(
         let (old, _) = decode_stored_row(&spec.name, &prev)?;
         remove_index_entries_in(w, area, spec, &old, &pk)?;
     }
-    for index in &spec.indexes {
+    for index in stored_indexes(spec) {
         let mut t = w.open_table(TableDefinition::<&[u8], ()>::new(
             &area.index(&name, &index.name),
         ))?;
@@ -464,15 +617,13 @@ fn encode_batch(spec: &TableSpec, rows: &[Row]) -> Result<EncodedBatch> {
             _ => unique.push(entry),
         }
     }
-    let mut index_keys: Vec<Vec<Vec<u8>>> = spec
-        .indexes
-        .iter()
+    let mut index_keys: Vec<Vec<Vec<u8>>> = stored_indexes(spec)
         .map(|_| Vec::with_capacity(unique.len()))
         .collect();
     let mut out = Vec::with_capacity(unique.len());
     for (pk, i) in unique {
         let Some(row) = rows.get(i) else { continue };
-        for (keys, index) in index_keys.iter_mut().zip(&spec.indexes) {
+        for (keys, index) in index_keys.iter_mut().zip(stored_indexes(spec)) {
             keys.push(index_key(index, row, &pk));
         }
         out.push((pk, encode_stored_row(0, row)));
@@ -493,10 +644,11 @@ fn put_encoded_in(
     spec: &TableSpec,
     version: u64,
     batch: EncodedBatch,
+    mut deferred: Option<&mut IndexBuilds>,
 ) -> Result<()> {
     let name = storage_key(&spec.name);
     // Index entries of replaced rows (none in a fresh copy).
-    let mut removed: Vec<Vec<Vec<u8>>> = vec![Vec::new(); spec.indexes.len()];
+    let mut removed: Vec<Vec<Vec<u8>>> = vec![Vec::new(); stored_indexes(spec).count()];
     {
         let mut table = w.open_table(TableDefinition::<&[u8], &[u8]>::new(&area.rows(&name)))?;
         for (pk, mut value) in batch.rows {
@@ -508,16 +660,22 @@ fn put_encoded_in(
                 .map(|p| p.value().to_vec());
             if let Some(prev) = previous {
                 let (old, _) = decode_stored_row(&spec.name, &prev)?;
-                for (keys, index) in removed.iter_mut().zip(&spec.indexes) {
+                for (keys, index) in removed.iter_mut().zip(stored_indexes(spec)) {
                     keys.push(index_key(index, &old, &pk));
                 }
             }
         }
     }
-    for ((index, mut gone), added) in spec.indexes.iter().zip(removed).zip(batch.index_keys) {
-        let mut t = w.open_table(TableDefinition::<&[u8], ()>::new(
-            &area.index(&name, &index.name),
-        ))?;
+    for ((index, mut gone), added) in stored_indexes(spec).zip(removed).zip(batch.index_keys) {
+        let table = area.index(&name, &index.name);
+        if let Some(builds) = deferred.as_deref_mut() {
+            for key in gone {
+                builds.remove(table.clone(), key);
+            }
+            builds.add(table, added)?;
+            continue;
+        }
+        let mut t = w.open_table(TableDefinition::<&[u8], ()>::new(&table))?;
         // Old entries go first: an entry both removed and added stays.
         gone.sort_unstable();
         for key in gone {
@@ -547,7 +705,7 @@ fn remove_index_entries_in(
     pk: &[u8],
 ) -> Result<()> {
     let name = storage_key(&spec.name);
-    for index in &spec.indexes {
+    for index in stored_indexes(spec) {
         let mut t = w.open_table(TableDefinition::<&[u8], ()>::new(
             &area.index(&name, &index.name),
         ))?;
@@ -577,6 +735,8 @@ fn drop_table_data(w: &WriteTransaction, spec: &TableSpec) -> Result<()> {
 fn drop_table_data_in(w: &WriteTransaction, area: Area, spec: &TableSpec) -> Result<()> {
     let name = storage_key(&spec.name);
     w.delete_table(TableDefinition::<&[u8], &[u8]>::new(&area.rows(&name)))?;
+    // Every index, also one that mirrors the key: a replica written before such indexes were
+    // served from the rows may still store it.
     for index in &spec.indexes {
         w.delete_table(TableDefinition::<&[u8], ()>::new(
             &area.index(&name, &index.name),
@@ -632,7 +792,7 @@ fn resync_spec(
 fn create_table_data(w: &WriteTransaction, spec: &TableSpec) -> Result<()> {
     let name = storage_key(&spec.name);
     w.open_table(TableDefinition::<&[u8], &[u8]>::new(&rows_table(&name)))?;
-    for index in &spec.indexes {
+    for index in stored_indexes(spec) {
         w.open_table(TableDefinition::<&[u8], ()>::new(&index_table(
             &name,
             &index.name,
@@ -791,7 +951,9 @@ impl Destination for Replica {
         replica_version: Lsn,
         tables: Vec<Arc<TableSpec>>,
     ) -> Result<()> {
-        self.write(move |db| {
+        self.write_inner(move |inner| {
+            inner.clear_indexes()?;
+            let db = &inner.db;
             let mut w = db.begin_write()?;
             w.set_durability(Durability::Immediate)?;
             let handles: Vec<redb::UntypedTableHandle> = w.list_tables()?.collect();
@@ -830,38 +992,21 @@ impl Destination for Replica {
         })
         .await
         .map_err(Error::Writer)??;
-        self.write(move |db| {
-            let mut w = db.begin_write()?;
-            w.set_durability(Durability::None)?;
-            let staged = staged_spec(&w)?.filter(|s| s.name == spec.name);
-            let version = match (area, staged) {
-                // Staged rows carry the version the swap will have.
-                (Area::Staging, Some(staged)) if staged == *spec => {
-                    let mark = read_watermark(&w)?.ok_or(Error::State(META_WATERMARK))?;
-                    mark.commit_lsn.as_u64() + 1
-                }
-                (Area::Live, None) => {
-                    let meta = w.open_table(META)?;
-                    let v = meta.get(META_SYNCING)?.ok_or(Error::State(META_SYNCING))?;
-                    let raw: [u8; 8] = v
-                        .value()
-                        .try_into()
-                        .map_err(|_| Error::State(META_SYNCING))?;
-                    u64::from_be_bytes(raw)
-                }
-                // The target changed between encoding and writing (it cannot while one copy
-                // runs; this only keeps a stale batch out of the wrong tables).
-                _ => return Err(Error::State(META_RESYNC)),
-            };
-            put_encoded_in(&w, area, &spec, version, batch)?;
-            w.commit()?;
-            Ok(())
+        let guard = Arc::clone(&self.inner.write_lock).lock_owned().await;
+        let inner = Arc::clone(&self.inner);
+        tokio::task::spawn_blocking(move || {
+            let result = inner.copy_batch(area, &spec, batch);
+            drop(guard);
+            result
         })
         .await
+        .map_err(Error::Writer)?
     }
 
     async fn begin_table_resync(&self, spec: Arc<TableSpec>) -> Result<()> {
-        self.write(move |db| {
+        self.write_inner(move |inner| {
+            inner.clear_indexes()?;
+            let db = &inner.db;
             let mut w = db.begin_write()?;
             w.set_durability(Durability::Immediate)?;
             // Leftovers of an interrupted resync go first.
@@ -873,7 +1018,7 @@ impl Destination for Replica {
             w.open_table(TableDefinition::<&[u8], &[u8]>::new(
                 &Area::Staging.rows(&name),
             ))?;
-            for index in &spec.indexes {
+            for index in stored_indexes(&spec) {
                 w.open_table(TableDefinition::<&[u8], ()>::new(
                     &Area::Staging.index(&name, &index.name),
                 ))?;
@@ -892,7 +1037,9 @@ impl Destination for Replica {
     async fn finish_table_resync(&self, table: &TableName) -> Result<()> {
         let table = table.clone();
         let version = self
-            .write(move |db| {
+            .write_inner(move |inner| {
+                inner.write_indexes()?;
+                let db = &inner.db;
                 let mut w = db.begin_write()?;
                 w.set_durability(Durability::Immediate)?;
                 let spec = staged_spec(&w)?
@@ -919,7 +1066,7 @@ impl Destination for Replica {
                     TableDefinition::<&[u8], &[u8]>::new(&Area::Staging.rows(&name)),
                     TableDefinition::<&[u8], &[u8]>::new(&Area::Live.rows(&name)),
                 )?;
-                for index in &spec.indexes {
+                for index in stored_indexes(&spec) {
                     w.rename_table(
                         TableDefinition::<&[u8], ()>::new(&Area::Staging.index(&name, &index.name)),
                         TableDefinition::<&[u8], ()>::new(&Area::Live.index(&name, &index.name)),
@@ -950,7 +1097,9 @@ impl Destination for Replica {
 
     async fn finish_initial_sync(&self, state: SyncState) -> Result<()> {
         let version = state.watermark.commit_lsn;
-        self.write(move |db| {
+        self.write_inner(move |inner| {
+            inner.write_indexes()?;
+            let db = &inner.db;
             let mut w = db.begin_write()?;
             w.set_durability(Durability::Immediate)?;
             {
@@ -1213,6 +1362,15 @@ impl Snapshot {
                 table: table.clone(),
                 index: index.to_owned(),
             })?;
+        if mirrors_key(spec, idx) {
+            // The index's order is the rows' own: a range of row keys.
+            let start = key::encode(prefix.iter().take(idx.columns.len()));
+            let upper = match key::prefix_end(&start) {
+                Some(end) => Bound::Excluded(end),
+                None => Bound::Unbounded,
+            };
+            return self.scan_key_range_dir(table, Bound::Included(start), upper, reverse);
+        }
         let mut start = Vec::new();
         for (v, &(_, desc)) in prefix.iter().zip(&idx.columns) {
             if desc {
@@ -1534,5 +1692,64 @@ mod tests {
         let log = snap.changes(Lsn(9), Lsn(10)).unwrap();
         assert_eq!((log[0].key.clone(), log[0].op), (None, ChangeOp::Reset));
         assert_eq!(index_order(&r), vec![8, 7]);
+    }
+
+    /// A copy writes its secondary indexes when it finishes: a row re-delivered by a later
+    /// batch keeps only its new index entry, and an index over the key (the primary key's own)
+    /// is served by the rows instead of being stored.
+    #[tokio::test]
+    async fn copied_indexes_are_written_at_the_end_and_key_indexes_are_not_stored() {
+        let dir = tempfile::tempdir().unwrap();
+        let r = Replica::open(dir.path().join("r.redb")).unwrap();
+        let t = TableName::new("public", "t");
+        let mut with_pkey = spec();
+        with_pkey.indexes.push(IndexSpec {
+            name: "t_pkey".into(),
+            columns: vec![(0, false)],
+            unique: true,
+        });
+        r.begin_initial_sync(Lsn(9), vec![Arc::new(with_pkey)])
+            .await
+            .unwrap();
+        r.copy_rows(&t, vec![row(3, "c", 1), row(1, "a", 5)])
+            .await
+            .unwrap();
+        r.copy_rows(&t, vec![row(2, "b", 7), row(3, "c2", 9)])
+            .await
+            .unwrap();
+        r.finish_initial_sync(synced_state()).await.unwrap();
+        assert_eq!(
+            index_order(&r),
+            vec![3, 2, 1],
+            "row 3's old entry (n=1) is gone"
+        );
+        let snap = r.snapshot().unwrap();
+        let ids = |prefix: &[Value], reverse: bool| -> Vec<i64> {
+            snap.scan_index_dir(&t, "t_pkey", prefix, reverse)
+                .unwrap()
+                .map(|x| match x.unwrap().0[0] {
+                    Value::Int(i) => i,
+                    _ => -1,
+                })
+                .collect()
+        };
+        assert_eq!(ids(&[], false), vec![1, 2, 3]);
+        assert_eq!(ids(&[], true), vec![3, 2, 1]);
+        assert_eq!(ids(&[Value::Int(2)], false), vec![2]);
+        let stored: Vec<String> = snap
+            .txn
+            .list_tables()
+            .unwrap()
+            .map(|h| redb::TableHandle::name(&h).to_owned())
+            .collect();
+        assert!(
+            stored.iter().any(|n| n.ends_with(":t_n"))
+                && !stored.iter().any(|n| n.contains("t_pkey")),
+            "only the secondary index is stored: {stored:?}"
+        );
+        assert!(
+            !dir.path().join("r.redb.index-build").exists(),
+            "no run files are left"
+        );
     }
 }

@@ -1,0 +1,360 @@
+//! Secondary indexes of a copy, built after its rows.
+//!
+//! A copy's rows arrive in key order (batch by batch), but their index entries do not: an
+//! index on `(issueID, created)` of three million comments receives its entries all over the
+//! key space, and once that index outgrows the page cache every insert reads pages back from
+//! the file. So a copy only collects index entries here. When the copy finishes, each index is
+//! written in one pass, in key order: the entries of one index come out of an external merge
+//! sort (sorted runs spilled to files next to the replica, bounded memory), and redb appends
+//! them to mostly the same rightmost leaf.
+//!
+//! ```text
+//!  copy batch ──entries──▶ pending (flat buffer, per index) ──full──▶ sorted run file
+//!  finish ──▶ merge(pending, runs…) per index ──in key order──▶ redb index table
+//! ```
+//!
+//! Replaced rows (a batch re-delivering a key, which a copy from one snapshot never does) are
+//! handled by counting: an entry is written if it was added more often than removed.
+
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BinaryHeap, HashMap};
+use std::fs::File;
+use std::io::{BufReader, BufWriter, Read, Write};
+use std::path::{Path, PathBuf};
+
+use redb::{TableDefinition, WriteTransaction};
+
+use crate::error::{Error, Result};
+
+/// Memory for pending entries of all indexes together before the largest is spilled.
+const PENDING_BYTES: usize = 32 << 20;
+/// Per-entry bookkeeping of a pending entry (its span in the flat buffer).
+const SPAN_BYTES: usize = std::mem::size_of::<(u32, u32)>();
+/// Read buffer of one run during the merge.
+const RUN_READ_BUFFER: usize = 64 << 10;
+
+/// The index entries of a copy in progress, per index table.
+#[derive(Debug)]
+pub(crate) struct IndexBuilds {
+    dir: PathBuf,
+    /// Memory for pending entries before the largest build is spilled.
+    budget: usize,
+    builds: BTreeMap<String, Build>,
+    pending_bytes: usize,
+    next_run: u64,
+}
+
+#[derive(Debug, Default)]
+struct Build {
+    /// Pending entries, concatenated.
+    bytes: Vec<u8>,
+    /// (offset, length) of each pending entry in `bytes`.
+    spans: Vec<(u32, u32)>,
+    /// Sorted runs already spilled.
+    runs: Vec<PathBuf>,
+    /// Entries of replaced rows: how often each was removed.
+    removed: HashMap<Vec<u8>, u64>,
+}
+
+impl Build {
+    fn memory(&self) -> usize {
+        self.bytes.len() + self.spans.len() * SPAN_BYTES
+    }
+
+    /// The pending entries in key order.
+    fn sorted_pending(&self) -> Vec<&[u8]> {
+        let mut keys: Vec<&[u8]> = self
+            .spans
+            .iter()
+            .filter_map(|&(at, len)| self.bytes.get(at as usize..at as usize + len as usize))
+            .collect();
+        // Each batch's entries come sorted: the stable sort merges those runs.
+        keys.sort();
+        keys
+    }
+}
+
+impl IndexBuilds {
+    /// Builds whose run files go to `dir` (created on the first spill).
+    pub(crate) fn new(dir: PathBuf) -> IndexBuilds {
+        IndexBuilds {
+            dir,
+            budget: PENDING_BYTES,
+            builds: BTreeMap::new(),
+            pending_bytes: 0,
+            next_run: 0,
+        }
+    }
+
+    /// Whether nothing is pending.
+    pub(crate) fn is_empty(&self) -> bool {
+        self.builds.is_empty()
+    }
+
+    /// Adds entries of the index table `table`.
+    pub(crate) fn add(&mut self, table: String, keys: Vec<Vec<u8>>) -> Result<()> {
+        let build = self.builds.entry(table).or_default();
+        let before = build.memory();
+        for key in keys {
+            let at = u32::try_from(build.bytes.len()).map_err(|_| Error::State("index build"))?;
+            let len = u32::try_from(key.len()).map_err(|_| Error::State("index build"))?;
+            build.bytes.extend_from_slice(&key);
+            build.spans.push((at, len));
+        }
+        self.pending_bytes += build.memory() - before;
+        // The flat buffer's offsets are u32: spill a build before it could overflow them.
+        let too_long = build.bytes.len() > (u32::MAX as usize) / 2;
+        if self.pending_bytes > self.budget || too_long {
+            self.spill_largest()?;
+        }
+        Ok(())
+    }
+
+    /// Records that an entry of `table` added earlier belongs to a row that was replaced.
+    pub(crate) fn remove(&mut self, table: String, key: Vec<u8>) {
+        *self
+            .builds
+            .entry(table)
+            .or_default()
+            .removed
+            .entry(key)
+            .or_default() += 1;
+    }
+
+    /// Writes the pending entries of the largest build to a sorted run file.
+    fn spill_largest(&mut self) -> Result<()> {
+        let Some((_, build)) = self.builds.iter_mut().max_by_key(|(_, b)| b.memory()) else {
+            return Ok(());
+        };
+        if build.spans.is_empty() {
+            return Ok(());
+        }
+        std::fs::create_dir_all(&self.dir).map_err(|e| io_error(&self.dir, e))?;
+        let path = self.dir.join(format!("run-{}", self.next_run));
+        self.next_run += 1;
+        let file = File::create(&path).map_err(|e| io_error(&path, e))?;
+        let mut out = BufWriter::with_capacity(RUN_READ_BUFFER, file);
+        for key in build.sorted_pending() {
+            let len = u32::try_from(key.len()).map_err(|_| Error::State("index build"))?;
+            out.write_all(&len.to_le_bytes())
+                .and_then(|()| out.write_all(key))
+                .map_err(|e| io_error(&path, e))?;
+        }
+        out.flush().map_err(|e| io_error(&path, e))?;
+        self.pending_bytes -= build.memory();
+        build.bytes = Vec::new();
+        build.spans = Vec::new();
+        build.runs.push(path);
+        Ok(())
+    }
+
+    /// Writes every collected index, one write transaction each (non-durable: the caller's
+    /// durable commit follows), and forgets them.
+    pub(crate) fn write_all(&mut self, db: &redb::Database) -> Result<usize> {
+        let builds = std::mem::take(&mut self.builds);
+        self.pending_bytes = 0;
+        let mut written = 0;
+        for (table, build) in builds {
+            let mut w = db.begin_write()?;
+            w.set_durability(redb::Durability::None)?;
+            written += write_build(&w, &table, &build)?;
+            w.commit()?;
+            for run in &build.runs {
+                let _ = std::fs::remove_file(run);
+            }
+        }
+        self.clear();
+        Ok(written)
+    }
+
+    /// Forgets everything collected (an interrupted copy) and removes the run files.
+    pub(crate) fn clear(&mut self) {
+        self.builds.clear();
+        self.pending_bytes = 0;
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// Merges a build's runs and pending entries and inserts them, in key order, into `table`.
+fn write_build(w: &WriteTransaction, table: &str, build: &Build) -> Result<usize> {
+    let mut index = w.open_table(TableDefinition::<&[u8], ()>::new(table))?;
+    let mut runs = Vec::with_capacity(build.runs.len());
+    for path in &build.runs {
+        let file = File::open(path).map_err(|e| io_error(path, e))?;
+        runs.push(Run {
+            path,
+            reader: BufReader::with_capacity(RUN_READ_BUFFER, file),
+        });
+    }
+    let pending = build.sorted_pending();
+    let mut pending = pending.into_iter().peekable();
+    // (key, source): source is the run's position, or usize::MAX for the pending entries.
+    let mut heap: BinaryHeap<Reverse<(Vec<u8>, usize)>> = BinaryHeap::new();
+    for (i, run) in runs.iter_mut().enumerate() {
+        if let Some(key) = run.next()? {
+            heap.push(Reverse((key, i)));
+        }
+    }
+    let mut written = 0;
+    let mut last: Option<(Vec<u8>, u64)> = None;
+    loop {
+        // The smallest of the heap's head and the next pending entry.
+        let from_pending = match (heap.peek(), pending.peek()) {
+            (None, None) => break,
+            (Some(Reverse((k, _))), Some(p)) => *p < k.as_slice(),
+            (None, Some(_)) => true,
+            (Some(_), None) => false,
+        };
+        let key = if from_pending {
+            pending.next().map(<[u8]>::to_vec)
+        } else {
+            match heap.pop() {
+                Some(Reverse((key, i))) => {
+                    if let Some(next) = runs.get_mut(i).map(Run::next).transpose()?.flatten() {
+                        heap.push(Reverse((next, i)));
+                    }
+                    Some(key)
+                }
+                None => None,
+            }
+        };
+        let Some(key) = key else { break };
+        match &mut last {
+            Some((prev, count)) if *prev == key => *count += 1,
+            _ => {
+                if let Some((prev, count)) = last.take() {
+                    written += insert_counted(&mut index, &build.removed, &prev, count)?;
+                }
+                last = Some((key, 1));
+            }
+        }
+    }
+    if let Some((prev, count)) = last {
+        written += insert_counted(&mut index, &build.removed, &prev, count)?;
+    }
+    Ok(written)
+}
+
+/// Inserts `key` if it was added (`added` times) more often than removed.
+fn insert_counted(
+    index: &mut redb::Table<&[u8], ()>,
+    removed: &HashMap<Vec<u8>, u64>,
+    key: &[u8],
+    added: u64,
+) -> Result<usize> {
+    if added > removed.get(key).copied().unwrap_or(0) {
+        index.insert(key, ())?;
+        Ok(1)
+    } else {
+        Ok(0)
+    }
+}
+
+struct Run<'a> {
+    path: &'a Path,
+    reader: BufReader<File>,
+}
+
+impl Run<'_> {
+    /// The run's next entry, or `None` at its end.
+    fn next(&mut self) -> Result<Option<Vec<u8>>> {
+        let mut len = [0u8; 4];
+        match self.reader.read_exact(&mut len) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(None),
+            Err(e) => return Err(io_error(self.path, e)),
+        }
+        let mut key = vec![0; u32::from_le_bytes(len) as usize];
+        self.reader
+            .read_exact(&mut key)
+            .map_err(|e| io_error(self.path, e))?;
+        Ok(Some(key))
+    }
+}
+
+fn io_error(path: &Path, source: std::io::Error) -> Error {
+    Error::IndexBuild {
+        path: path.display().to_string(),
+        source,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::seq::SliceRandom;
+    use rand::{Rng, SeedableRng};
+    use redb::{ReadableDatabase, ReadableTable};
+
+    const TABLE: &str = "i:t:ix";
+
+    fn stored(db: &redb::Database) -> Vec<Vec<u8>> {
+        let r = db.begin_read().expect("read");
+        let t = r
+            .open_table(TableDefinition::<&[u8], ()>::new(TABLE))
+            .expect("table");
+        t.iter()
+            .expect("iter")
+            .map(|e| e.expect("entry").0.value().to_vec())
+            .collect()
+    }
+
+    /// Entries added in random batches, some of them removed again (replaced rows), with a
+    /// budget small enough for many spilled runs: the index holds exactly the entries added
+    /// more often than removed, and the run files are gone afterwards.
+    #[test]
+    fn merged_runs_and_pending_entries_make_the_index() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let db = redb::Database::create(dir.path().join("db")).expect("db");
+        let build_dir = dir.path().join("runs");
+        let mut builds = IndexBuilds::new(build_dir.clone());
+        builds.budget = 4 << 10;
+        let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+        let mut keys: Vec<Vec<u8>> = (0..5_000u32)
+            .map(|i| {
+                let mut k = i.to_be_bytes().to_vec();
+                k.extend(std::iter::repeat_n(b'x', rng.random_range(0..20)));
+                k
+            })
+            .collect();
+        keys.shuffle(&mut rng);
+        let mut expected = std::collections::BTreeSet::new();
+        for chunk in keys.chunks(97) {
+            let mut batch = chunk.to_vec();
+            batch.sort();
+            builds.add(TABLE.to_owned(), batch).expect("add");
+            expected.extend(chunk.iter().cloned());
+        }
+        assert!(builds.next_run > 10, "the budget forces spilled runs");
+        // A key re-added after its removal stays; a key only removed goes.
+        let again = keys[0].clone();
+        builds.remove(TABLE.to_owned(), again.clone());
+        builds.add(TABLE.to_owned(), vec![again]).expect("add");
+        for gone in &keys[1..50] {
+            builds.remove(TABLE.to_owned(), gone.clone());
+            expected.remove(gone);
+        }
+        let written = builds.write_all(&db).expect("write");
+        assert_eq!(written, expected.len());
+        assert_eq!(stored(&db), expected.into_iter().collect::<Vec<_>>());
+        assert!(!build_dir.exists(), "run files are removed");
+        assert!(builds.is_empty());
+    }
+
+    #[test]
+    fn cleared_builds_write_nothing() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let db = redb::Database::create(dir.path().join("db")).expect("db");
+        let mut builds = IndexBuilds::new(dir.path().join("runs"));
+        builds.budget = 64;
+        builds
+            .add(
+                TABLE.to_owned(),
+                (0..100u32).map(|i| i.to_be_bytes().to_vec()).collect(),
+            )
+            .expect("add");
+        builds.clear();
+        assert_eq!(builds.write_all(&db).expect("write"), 0);
+        assert!(!dir.path().join("runs").exists());
+    }
+}
