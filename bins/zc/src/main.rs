@@ -8,6 +8,7 @@ use tokio_util::sync::CancellationToken;
 use zc_server::Config;
 
 fn main() -> ExitCode {
+    limit_malloc_arenas();
     let config = Config::parse();
     let filter = tracing_subscriber::EnvFilter::try_from_env("RUST_LOG").unwrap_or_else(|_| {
         tracing_subscriber::EnvFilter::new(format!("{},zc=debug", config.log_level))
@@ -43,3 +44,27 @@ fn main() -> ExitCode {
         }
     }
 }
+
+/// Caps glibc's malloc arenas at one per core (its default is eight per core) before any
+/// thread starts, unless `MALLOC_ARENA_MAX` says otherwise. Every tokio worker and blocking
+/// thread otherwise gets an arena of its own, and freed memory stays resident in each: with
+/// fifty client groups on two cores, resident memory per group fell by about a tenth and the
+/// initial copy's peak by about a fifth with the cap (benches/side-by-side, 100k issues).
+/// The one `unsafe` of the binary (the workspace denies it): glibc has no safe interface
+/// for this, and the only alternative is re-executing the process with the variable set.
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+#[allow(unsafe_code)]
+fn limit_malloc_arenas() {
+    if std::env::var_os("MALLOC_ARENA_MAX").is_some() {
+        return;
+    }
+    let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+    let arenas = libc::c_int::try_from(cores.max(2)).unwrap_or(libc::c_int::MAX);
+    // SAFETY: mallopt only sets an allocator parameter; called before other threads exist.
+    unsafe {
+        libc::mallopt(libc::M_ARENA_MAX, arenas);
+    }
+}
+
+#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+fn limit_malloc_arenas() {}
