@@ -1115,12 +1115,16 @@ impl Group {
             }
         }
         let creds = self.creds(client);
+        let started = std::time::Instant::now();
         let resolved = self.resolve(&creds, &added, Some(client)).await;
+        let resolved_at = started.elapsed();
+        let mut rows = 0usize;
         for (hash, ast) in resolved {
             match ast {
                 Ok(ast) => {
                     for id in self.hydrate(&hash, &ast)? {
                         self.cvr.adjust_row(&id, &hash, 1, at);
+                        rows += 1;
                     }
                     self.cvr.set_got(&hash, true, at);
                 }
@@ -1128,6 +1132,16 @@ impl Group {
                     // Reported as a transform error; the query stays desired, not got.
                 }
             }
+        }
+        if !added.is_empty() {
+            tracing::debug!(
+                group = %self.id,
+                queries = added.len(),
+                rows,
+                resolve_ms = resolved_at.as_secs_f64() * 1e3,
+                hydrate_ms = (started.elapsed() - resolved_at).as_secs_f64() * 1e3,
+                "queries resolved and hydrated"
+            );
         }
         if self.cvr.has_patches() {
             self.cvr.version = at;
@@ -1462,8 +1476,16 @@ impl Group {
     /// cookie the CVR does not have; if the write fails, the group fails and its clients
     /// drop the unfinished pokes with the connection.
     async fn commit_and_poke(&mut self, meta: &Meta, fresh: Option<&str>) -> Result<(), ErrorBody> {
+        let started = std::time::Instant::now();
         let ends = self.poke_all(meta, fresh).await;
+        let poked_at = started.elapsed();
         self.commit().await?;
+        tracing::trace!(
+            group = %self.id,
+            poke_ms = poked_at.as_secs_f64() * 1e3,
+            cvr_flush_ms = (started.elapsed() - poked_at).as_secs_f64() * 1e3,
+            "poked and committed"
+        );
         for (name, poke_id, end_cookie) in ends {
             let Some(client) = self.clients.get_mut(&name) else {
                 continue;
