@@ -20,6 +20,11 @@
 //!   together). The next `Immediate` commit (a durable `apply`, or `flush`'s empty commit)
 //!   makes every earlier one durable, and zc-wal acknowledges nothing before that
 //!   (`acks_never_pass_the_durable_watermark`).
+//! - A copy keeps one write transaction open between its batches (see `OpenCopy`); every
+//!   other write commits it first, so writes never wait on each other's transactions. Its
+//!   secondary indexes are written when it finishes (see `index_build`), before the commit
+//!   that ends the initial sync or swaps a table in, so readers never see a table without
+//!   its indexes.
 //! - A transaction at or below the stored watermark changes nothing (idempotent replay).
 //! - While an initial sync is in progress no sync state is reported, so an interrupted
 //!   initial sync is always started over.
@@ -165,6 +170,10 @@ pub struct Replica {
 }
 
 struct Inner {
+    /// The copy's open write transaction between two batches (see
+    /// [`Destination::copy_rows`]); taken and committed before any other write. Declared
+    /// before `db` so that it is dropped (aborted) first.
+    copy: std::sync::Mutex<Option<OpenCopy>>,
     db: Database,
     path: PathBuf,
     write_lock: Arc<Mutex<()>>,
@@ -172,9 +181,6 @@ struct Inner {
     /// Whether a `Durability::None` commit of `apply_deferred` may not be durable yet
     /// (changed only by the writer, under `write_lock`).
     deferred: AtomicBool,
-    /// The copy's open write transaction between two batches (see
-    /// [`Destination::copy_rows`]); taken and committed before any other write.
-    copy: std::sync::Mutex<Option<OpenCopy>>,
     /// The secondary index entries of the copy in progress, written when it finishes.
     builds: std::sync::Mutex<IndexBuilds>,
 }
