@@ -322,13 +322,7 @@ impl Replica {
     /// Opens (or creates) the replica file at `path`. Recovery after an unclean shutdown
     /// happens here (redb repairs the file on open).
     pub fn open(path: impl AsRef<Path>) -> Result<Replica> {
-        Self::open_with_cache(
-            path,
-            std::env::var("ZC_HACK_CACHE")
-                .ok()
-                .and_then(|v| v.parse().ok())
-                .unwrap_or(DEFAULT_CACHE_BYTES),
-        )
+        Self::open_with_cache(path, DEFAULT_CACHE_BYTES)
     }
 
     /// Opens the replica with a page cache of at most `cache_bytes`. The cache bounds the
