@@ -152,7 +152,6 @@ impl IndexBuilds {
     /// durable commit follows), and forgets them.
     pub(crate) fn write_all(&mut self, db: &redb::Database) -> Result<usize> {
         let builds = std::mem::take(&mut self.builds);
-        self.pending_bytes = 0;
         let mut written = 0;
         for (table, build) in builds {
             let mut w = db.begin_write()?;
@@ -188,7 +187,7 @@ fn write_build(w: &WriteTransaction, table: &str, build: &Build) -> Result<usize
     }
     let pending = build.sorted_pending();
     let mut pending = pending.into_iter().peekable();
-    // (key, source): source is the run's position, or usize::MAX for the pending entries.
+    // The head entry of each run, with the run's position; pending entries merge in beside it.
     let mut heap: BinaryHeap<Reverse<(Vec<u8>, usize)>> = BinaryHeap::new();
     for (i, run) in runs.iter_mut().enumerate() {
         if let Some(key) = run.next()? {
