@@ -84,5 +84,6 @@ from_redb!(
     redb::TableError,
     redb::TransactionError,
     redb::CommitError,
-    redb::SetDurabilityError
+    redb::SetDurabilityError,
+    redb::CursorError
 );

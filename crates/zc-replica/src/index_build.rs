@@ -22,7 +22,7 @@ use std::fs::File;
 use std::io::{BufReader, BufWriter, Read, Write};
 use std::path::{Path, PathBuf};
 
-use redb::{TableDefinition, WriteTransaction};
+use redb::{ReadableTableMetadata, TableDefinition, WriteTransaction};
 
 use crate::error::{Error, Result};
 
@@ -32,6 +32,49 @@ const PENDING_BYTES: usize = 32 << 20;
 const SPAN_BYTES: usize = std::mem::size_of::<(u32, u32)>();
 /// Read buffer of one run during the merge.
 const RUN_READ_BUFFER: usize = 64 << 10;
+
+/// Index entries of one batch, concatenated (one buffer instead of one allocation per entry).
+#[derive(Debug, Default)]
+pub(crate) struct KeyList {
+    bytes: Vec<u8>,
+    /// (offset, length) of each entry in `bytes`.
+    spans: Vec<(u32, u32)>,
+}
+
+impl KeyList {
+    pub(crate) fn with_capacity(entries: usize, bytes: usize) -> KeyList {
+        KeyList {
+            bytes: Vec::with_capacity(bytes),
+            spans: Vec::with_capacity(entries),
+        }
+    }
+
+    /// Appends the entry that `write` appends to the buffer.
+    pub(crate) fn push_with(&mut self, write: impl FnOnce(&mut Vec<u8>)) -> Result<()> {
+        let at = self.bytes.len();
+        write(&mut self.bytes);
+        let len = self.bytes.len() - at;
+        let too_long = || Error::State("index build");
+        self.spans.push((
+            u32::try_from(at).map_err(|_| too_long())?,
+            u32::try_from(len).map_err(|_| too_long())?,
+        ));
+        Ok(())
+    }
+
+    /// Sorts the entries (the builds merge sorted batches cheaply).
+    pub(crate) fn sort(&mut self) {
+        let bytes = &self.bytes;
+        self.spans
+            .sort_unstable_by(|&a, &b| span(bytes, a).cmp(span(bytes, b)));
+    }
+}
+
+fn span(bytes: &[u8], (at, len): (u32, u32)) -> &[u8] {
+    bytes
+        .get(at as usize..at as usize + len as usize)
+        .unwrap_or_default()
+}
 
 /// The index entries of a copy in progress, per index table.
 #[derive(Debug)]
@@ -63,11 +106,7 @@ impl Build {
 
     /// The pending entries in key order.
     fn sorted_pending(&self) -> Vec<&[u8]> {
-        let mut keys: Vec<&[u8]> = self
-            .spans
-            .iter()
-            .filter_map(|&(at, len)| self.bytes.get(at as usize..at as usize + len as usize))
-            .collect();
+        let mut keys: Vec<&[u8]> = self.spans.iter().map(|&s| span(&self.bytes, s)).collect();
         // Each batch's entries come sorted: the stable sort merges those runs.
         keys.sort();
         keys
@@ -92,15 +131,17 @@ impl IndexBuilds {
     }
 
     /// Adds entries of the index table `table`.
-    pub(crate) fn add(&mut self, table: String, keys: Vec<Vec<u8>>) -> Result<()> {
+    pub(crate) fn add(&mut self, table: String, keys: KeyList) -> Result<()> {
         let build = self.builds.entry(table).or_default();
         let before = build.memory();
-        for key in keys {
-            let at = u32::try_from(build.bytes.len()).map_err(|_| Error::State("index build"))?;
-            let len = u32::try_from(key.len()).map_err(|_| Error::State("index build"))?;
-            build.bytes.extend_from_slice(&key);
-            build.spans.push((at, len));
+        let base = u32::try_from(build.bytes.len()).map_err(|_| Error::State("index build"))?;
+        if u32::try_from(build.bytes.len() + keys.bytes.len()).is_err() {
+            return Err(Error::State("index build"));
         }
+        build.bytes.extend_from_slice(&keys.bytes);
+        build
+            .spans
+            .extend(keys.spans.iter().map(|&(at, len)| (base + at, len)));
         self.pending_bytes += build.memory() - before;
         // The flat buffer's offsets are u32: spill a build before it could overflow them.
         let too_long = build.bytes.len() > (u32::MAX as usize) / 2;
@@ -175,8 +216,28 @@ impl IndexBuilds {
 }
 
 /// Merges a build's runs and pending entries and inserts them, in key order, into `table`.
+///
+/// The merge yields each key once, in ascending order, so into an empty table (the usual
+/// case: the copy cleared it) the keys are appended through a cursor at the table's end,
+/// which packs full leaves instead of descending the tree and splitting a leaf per key.
 fn write_build(w: &WriteTransaction, table: &str, build: &Build) -> Result<usize> {
     let mut index = w.open_table(TableDefinition::<&[u8], ()>::new(table))?;
+    if index.is_empty()? {
+        let mut cursor = index.upper_bound_mut(std::ops::Bound::<&[u8]>::Unbounded)?;
+        let written = merge_build(build, &mut |key| Ok(cursor.insert_before(key, ())?))?;
+        cursor.close()?;
+        Ok(written)
+    } else {
+        merge_build(build, &mut |key| {
+            index.insert(key, ())?;
+            Ok(())
+        })
+    }
+}
+
+/// Merges a build's runs and pending entries and passes every key that was added more often
+/// than removed to `put`, once, in ascending order. Returns how many it passed.
+fn merge_build(build: &Build, put: &mut dyn FnMut(&[u8]) -> Result<()>) -> Result<usize> {
     let mut runs = Vec::with_capacity(build.runs.len());
     for path in &build.runs {
         let file = File::open(path).map_err(|e| io_error(path, e))?;
@@ -222,27 +283,27 @@ fn write_build(w: &WriteTransaction, table: &str, build: &Build) -> Result<usize
             Some((prev, count)) if *prev == key => *count += 1,
             _ => {
                 if let Some((prev, count)) = last.take() {
-                    written += insert_counted(&mut index, &build.removed, &prev, count)?;
+                    written += put_counted(put, &build.removed, &prev, count)?;
                 }
                 last = Some((key, 1));
             }
         }
     }
     if let Some((prev, count)) = last {
-        written += insert_counted(&mut index, &build.removed, &prev, count)?;
+        written += put_counted(put, &build.removed, &prev, count)?;
     }
     Ok(written)
 }
 
-/// Inserts `key` if it was added (`added` times) more often than removed.
-fn insert_counted(
-    index: &mut redb::Table<&[u8], ()>,
+/// Passes `key` to `put` if it was added (`added` times) more often than removed.
+fn put_counted(
+    put: &mut dyn FnMut(&[u8]) -> Result<()>,
     removed: &HashMap<Vec<u8>, u64>,
     key: &[u8],
     added: u64,
 ) -> Result<usize> {
     if added > removed.get(key).copied().unwrap_or(0) {
-        index.insert(key, ())?;
+        put(key)?;
         Ok(1)
     } else {
         Ok(0)
@@ -298,6 +359,43 @@ mod tests {
             .collect()
     }
 
+    fn list(keys: &[Vec<u8>]) -> KeyList {
+        let mut list = KeyList::default();
+        for key in keys {
+            list.push_with(|out| out.extend_from_slice(key))
+                .expect("push");
+        }
+        list.sort();
+        list
+    }
+
+    /// An index table that already holds entries is written by ordinary inserts: old and new
+    /// entries are all there, in order.
+    #[test]
+    fn a_build_into_a_table_with_entries_keeps_them() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let db = redb::Database::create(dir.path().join("db")).expect("db");
+        let w = db.begin_write().expect("write");
+        {
+            let mut t = w
+                .open_table(TableDefinition::<&[u8], ()>::new(TABLE))
+                .expect("table");
+            for k in [b"b".as_slice(), b"d"] {
+                t.insert(k, ()).expect("insert");
+            }
+        }
+        w.commit().expect("commit");
+        let mut builds = IndexBuilds::new(dir.path().join("runs"));
+        let keys: Vec<Vec<u8>> = [b"a", b"c", b"e"].iter().map(|k| k.to_vec()).collect();
+        builds.add(TABLE.to_owned(), list(&keys)).expect("add");
+        assert_eq!(builds.write_all(&db).expect("write"), 3);
+        let all: Vec<Vec<u8>> = [b"a", b"b", b"c", b"d", b"e"]
+            .iter()
+            .map(|k| k.to_vec())
+            .collect();
+        assert_eq!(stored(&db), all);
+    }
+
     /// Entries added in random batches, some of them removed again (replaced rows), with a
     /// budget small enough for many spilled runs: the index holds exactly the entries added
     /// more often than removed, and the run files are gone afterwards.
@@ -319,16 +417,16 @@ mod tests {
         keys.shuffle(&mut rng);
         let mut expected = std::collections::BTreeSet::new();
         for chunk in keys.chunks(97) {
-            let mut batch = chunk.to_vec();
-            batch.sort();
-            builds.add(TABLE.to_owned(), batch).expect("add");
+            builds.add(TABLE.to_owned(), list(chunk)).expect("add");
             expected.extend(chunk.iter().cloned());
         }
         assert!(builds.next_run > 10, "the budget forces spilled runs");
         // A key re-added after its removal stays; a key only removed goes.
         let again = keys[0].clone();
         builds.remove(TABLE.to_owned(), again.clone());
-        builds.add(TABLE.to_owned(), vec![again]).expect("add");
+        builds
+            .add(TABLE.to_owned(), list(std::slice::from_ref(&again)))
+            .expect("add");
         for gone in &keys[1..50] {
             builds.remove(TABLE.to_owned(), gone.clone());
             expected.remove(gone);
@@ -349,7 +447,11 @@ mod tests {
         builds
             .add(
                 TABLE.to_owned(),
-                (0..100u32).map(|i| i.to_be_bytes().to_vec()).collect(),
+                list(
+                    &(0..100u32)
+                        .map(|i| i.to_be_bytes().to_vec())
+                        .collect::<Vec<_>>(),
+                ),
             )
             .expect("add");
         builds.clear();

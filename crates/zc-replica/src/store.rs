@@ -44,7 +44,7 @@ use zc_types::{Lsn, Row, TableName, TableSpec, Value};
 use zc_wal::{Change, Destination, SyncState, Transaction, Watermark};
 
 use crate::error::{Error, Result};
-use crate::index_build::IndexBuilds;
+use crate::index_build::{IndexBuilds, KeyList};
 use crate::key;
 
 /// The default page cache of the replica (64 MiB).
@@ -272,14 +272,7 @@ impl Inner {
             .builds
             .lock()
             .map_err(|_| Error::State("index build"))?;
-        put_encoded_in(
-            &open.txn,
-            area,
-            spec,
-            open.version,
-            batch,
-            Some(&mut builds),
-        )?;
+        put_encoded_in(&open.txn, area, spec, open.version, batch, &mut builds)?;
         if open.rows >= COPY_COMMIT_ROWS {
             open.txn.commit()?;
         } else {
@@ -549,16 +542,21 @@ fn stored_indexes(spec: &TableSpec) -> impl Iterator<Item = &zc_types::IndexSpec
 
 fn index_key(index: &zc_types::IndexSpec, row: &[Value], pk: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(32 + pk.len());
+    write_index_key(&mut out, index, row, pk);
+    out
+}
+
+/// Appends the index entry of `row` (key `pk`) to `out`.
+fn write_index_key(out: &mut Vec<u8>, index: &zc_types::IndexSpec, row: &[Value], pk: &[u8]) {
     for &(col, desc) in &index.columns {
         let v = row.get(col).unwrap_or(&Value::Null);
         if desc {
-            key::encode_value_desc(&mut out, v);
+            key::encode_value_desc(out, v);
         } else {
-            key::encode_value(&mut out, v);
+            key::encode_value(out, v);
         }
     }
     out.extend_from_slice(pk);
-    out
 }
 
 /// Inserts (or replaces) a row with its index entries; returns its encoded key.
@@ -598,8 +596,8 @@ fn put_row_in(
 struct EncodedBatch {
     /// (key, stored value without its 8-byte version prefix filled in yet)
     rows: Vec<(Vec<u8>, Vec<u8>)>,
-    /// Per index of the spec: its new entries, sorted.
-    index_keys: Vec<Vec<Vec<u8>>>,
+    /// Per stored index of the spec: its new entries, sorted.
+    index_keys: Vec<KeyList>,
 }
 
 /// Encodes `rows` of `spec` for [`put_encoded_in`]. Rows with the same key: the last wins.
@@ -617,19 +615,19 @@ fn encode_batch(spec: &TableSpec, rows: &[Row]) -> Result<EncodedBatch> {
             _ => unique.push(entry),
         }
     }
-    let mut index_keys: Vec<Vec<Vec<u8>>> = stored_indexes(spec)
-        .map(|_| Vec::with_capacity(unique.len()))
+    let mut index_keys: Vec<KeyList> = stored_indexes(spec)
+        .map(|_| KeyList::with_capacity(unique.len(), unique.len() * 48))
         .collect();
     let mut out = Vec::with_capacity(unique.len());
     for (pk, i) in unique {
         let Some(row) = rows.get(i) else { continue };
         for (keys, index) in index_keys.iter_mut().zip(stored_indexes(spec)) {
-            keys.push(index_key(index, row, &pk));
+            keys.push_with(|buf| write_index_key(buf, index, row, &pk))?;
         }
         out.push((pk, encode_stored_row(0, row)));
     }
     for keys in &mut index_keys {
-        keys.sort_unstable();
+        keys.sort();
     }
     Ok(EncodedBatch {
         rows: out,
@@ -644,17 +642,40 @@ fn put_encoded_in(
     spec: &TableSpec,
     version: u64,
     batch: EncodedBatch,
-    mut deferred: Option<&mut IndexBuilds>,
+    builds: &mut IndexBuilds,
 ) -> Result<()> {
     let name = storage_key(&spec.name);
     // Index entries of replaced rows (none in a fresh copy).
     let mut removed: Vec<Vec<Vec<u8>>> = vec![Vec::new(); stored_indexes(spec).count()];
     {
         let mut table = w.open_table(TableDefinition::<&[u8], &[u8]>::new(&area.rows(&name)))?;
-        for (pk, mut value) in batch.rows {
+        let stamp = |value: &mut Vec<u8>| {
             if let Some(prefix) = value.get_mut(..8) {
                 prefix.copy_from_slice(&version.to_be_bytes());
             }
+        };
+        // A copy's rows mostly arrive in key order (a table's heap order often is, and a batch
+        // is sorted): append them through a cursor at the table's end, which packs full leaves
+        // instead of descending the tree and splitting a leaf per row. The first row that does
+        // not sort after the table's last (out of order, or delivered again) ends the run; it
+        // and the rest of the batch take the ordinary path.
+        let mut rows = batch.rows.into_iter();
+        let mut unordered = None;
+        let mut cursor = table.upper_bound_mut(Bound::<&[u8]>::Unbounded)?;
+        for (pk, mut value) in rows.by_ref() {
+            stamp(&mut value);
+            match cursor.insert_before(pk.as_slice(), value.as_slice()) {
+                Ok(()) => {}
+                Err(redb::CursorError::UnorderedKey) => {
+                    unordered = Some((pk, value));
+                    break;
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+        cursor.close()?;
+        for (pk, mut value) in unordered.into_iter().chain(rows) {
+            stamp(&mut value);
             let previous = table
                 .insert(pk.as_slice(), value.as_slice())?
                 .map(|p| p.value().to_vec());
@@ -666,24 +687,12 @@ fn put_encoded_in(
             }
         }
     }
-    for ((index, mut gone), added) in stored_indexes(spec).zip(removed).zip(batch.index_keys) {
+    for ((index, gone), added) in stored_indexes(spec).zip(removed).zip(batch.index_keys) {
         let table = area.index(&name, &index.name);
-        if let Some(builds) = deferred.as_deref_mut() {
-            for key in gone {
-                builds.remove(table.clone(), key);
-            }
-            builds.add(table, added)?;
-            continue;
-        }
-        let mut t = w.open_table(TableDefinition::<&[u8], ()>::new(&table))?;
-        // Old entries go first: an entry both removed and added stays.
-        gone.sort_unstable();
         for key in gone {
-            t.remove(key.as_slice())?;
+            builds.remove(table.clone(), key);
         }
-        for key in added {
-            t.insert(key.as_slice(), ())?;
-        }
+        builds.add(table, added)?;
     }
     Ok(())
 }
@@ -1714,13 +1723,18 @@ mod tests {
         r.copy_rows(&t, vec![row(3, "c", 1), row(1, "a", 5)])
             .await
             .unwrap();
+        // Out of order (2 < 3) and delivered again (3): the batch leaves the appending path.
         r.copy_rows(&t, vec![row(2, "b", 7), row(3, "c2", 9)])
+            .await
+            .unwrap();
+        // In order again: appended at the table's end.
+        r.copy_rows(&t, vec![row(4, "d", 3), row(5, "e", 2)])
             .await
             .unwrap();
         r.finish_initial_sync(synced_state()).await.unwrap();
         assert_eq!(
             index_order(&r),
-            vec![3, 2, 1],
+            vec![3, 2, 1, 4, 5],
             "row 3's old entry (n=1) is gone"
         );
         let snap = r.snapshot().unwrap();
@@ -1733,9 +1747,15 @@ mod tests {
                 })
                 .collect()
         };
-        assert_eq!(ids(&[], false), vec![1, 2, 3]);
-        assert_eq!(ids(&[], true), vec![3, 2, 1]);
+        assert_eq!(ids(&[], false), vec![1, 2, 3, 4, 5]);
+        assert_eq!(ids(&[], true), vec![5, 4, 3, 2, 1]);
         assert_eq!(ids(&[Value::Int(2)], false), vec![2]);
+        let third: Vec<Row> = snap
+            .scan_index_dir(&t, "t_pkey", &[Value::Int(3)], false)
+            .unwrap()
+            .map(|x| x.unwrap().0)
+            .collect();
+        assert_eq!(third, vec![row(3, "c2", 9)], "the later delivery wins");
         let stored: Vec<String> = snap
             .txn
             .list_tables()
