@@ -1,17 +1,106 @@
 //! One client group's record, in memory.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
 
 use crate::version::CvrVersion;
 
 /// A row of the client group's view: its table (as queries name it) and its primary key
 /// as a JSON object of the key columns (the `id` of a row `del`).
+///
+/// A group keeps several copies of every id (its rows, their order by version, what is
+/// dirty, the rows' values): the strings are shared, so a copy costs two reference counts.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct RowId {
     /// The table.
-    pub table: String,
+    pub table: Arc<str>,
     /// The key, a JSON object text.
-    pub key: String,
+    pub key: Arc<str>,
+}
+
+impl RowId {
+    /// The id of the row of `table` whose key object is `key`.
+    pub fn new(table: impl Into<Arc<str>>, key: impl Into<Arc<str>>) -> RowId {
+        RowId {
+            table: table.into(),
+            key: key.into(),
+        }
+    }
+}
+
+/// A row's reference count per query hash. Rows are held by few queries (mostly one), so
+/// this is a short vector sorted by hash, whose hash strings the group shares.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Refs(Vec<(Arc<str>, u32)>);
+
+impl Refs {
+    /// The count of `hash`.
+    pub fn get(&self, hash: &str) -> Option<&u32> {
+        self.find(hash)
+            .ok()
+            .and_then(|i| self.0.get(i))
+            .map(|(_, n)| n)
+    }
+
+    pub fn contains_key(&self, hash: &str) -> bool {
+        self.find(hash).is_ok()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    /// `(hash, count)` in hash order.
+    pub fn iter(&self) -> impl Iterator<Item = (&str, u32)> {
+        self.0.iter().map(|(h, n)| (&**h, *n))
+    }
+
+    /// Sets the count of `hash` (`hash` is called only for a hash not held yet).
+    fn set(&mut self, hash: &str, count: u32, shared: impl FnOnce() -> Arc<str>) {
+        match self.find(hash) {
+            Ok(i) => {
+                if let Some(slot) = self.0.get_mut(i) {
+                    slot.1 = count;
+                }
+            }
+            Err(i) => self.0.insert(i, (shared(), count)),
+        }
+    }
+
+    fn remove(&mut self, hash: &str) {
+        if let Ok(i) = self.find(hash) {
+            self.0.remove(i);
+        }
+    }
+
+    fn find(&self, hash: &str) -> Result<usize, usize> {
+        self.0.binary_search_by(|(h, _)| (**h).cmp(hash))
+    }
+}
+
+impl FromIterator<(String, u32)> for Refs {
+    fn from_iter<I: IntoIterator<Item = (String, u32)>>(iter: I) -> Refs {
+        let mut refs: Vec<(Arc<str>, u32)> = iter.into_iter().map(|(h, n)| (h.into(), n)).collect();
+        refs.sort_unstable();
+        refs.dedup_by(|a, b| a.0 == b.0);
+        Refs(refs)
+    }
+}
+
+impl serde::Serialize for Refs {
+    /// As a JSON object from hash to count (what the store keeps).
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let mut map = s.serialize_map(Some(self.0.len()))?;
+        for (h, n) in &self.0 {
+            map.serialize_entry(&**h, n)?;
+        }
+        map.end()
+    }
 }
 
 /// A row the group holds (or held).
@@ -19,7 +108,7 @@ pub struct RowId {
 pub struct RowRecord {
     /// References per query hash; empty once no query holds the row (a tombstone kept so
     /// that clients at older cookies learn of the delete).
-    pub refs: BTreeMap<String, u32>,
+    pub refs: Refs,
     /// When it last changed.
     pub patch: CvrVersion,
 }
@@ -104,6 +193,8 @@ pub struct Cvr {
     /// the store.
     pub(crate) evicted_through: Option<CvrVersion>,
     pub(crate) dirty: Dirty,
+    /// The query hashes the rows' references share.
+    hashes: BTreeSet<Arc<str>>,
 }
 
 impl Cvr {
@@ -122,6 +213,7 @@ impl Cvr {
             row_patches: BTreeSet::new(),
             evicted_through: None,
             dirty: Dirty::default(),
+            hashes: BTreeSet::new(),
         }
     }
 
@@ -264,7 +356,7 @@ impl Cvr {
     /// held by any query afterwards.
     pub fn adjust_row(&mut self, id: &RowId, hash: &str, delta: i64, at: CvrVersion) -> bool {
         let record = self.rows.entry(id.clone()).or_insert_with(|| RowRecord {
-            refs: BTreeMap::new(),
+            refs: Refs::default(),
             patch: at,
         });
         if record.patch != at || !self.row_patches.contains(&(at, id.clone())) {
@@ -275,9 +367,18 @@ impl Cvr {
         if count <= 0 {
             record.refs.remove(hash);
         } else {
+            let hashes = &mut self.hashes;
+            let shared = || match hashes.get(hash) {
+                Some(h) => Arc::clone(h),
+                None => {
+                    let h: Arc<str> = Arc::from(hash);
+                    hashes.insert(Arc::clone(&h));
+                    h
+                }
+            };
             record
                 .refs
-                .insert(hash.to_owned(), u32::try_from(count).unwrap_or(u32::MAX));
+                .set(hash, u32::try_from(count).unwrap_or(u32::MAX), shared);
         }
         record.patch = at;
         self.dirty.rows.insert(id.clone());
@@ -363,6 +464,31 @@ mod tests {
 
     use super::*;
 
+    /// A row's references count per query, drop a query at zero, serialize as the store's
+    /// JSON object, and share one string per hash across the group's rows.
+    #[test]
+    fn refs_count_per_query_and_share_hashes() {
+        let mut cvr = Cvr::new("g");
+        let at = CvrVersion::default();
+        let (a, b) = (RowId::new("t", "{\"id\":1}"), RowId::new("t", "{\"id\":2}"));
+        assert!(cvr.adjust_row(&a, "q2", 1, at));
+        assert!(cvr.adjust_row(&a, "q1", 2, at));
+        assert!(cvr.adjust_row(&b, "q1", 1, at));
+        let refs = &cvr.rows[&a].refs;
+        assert_eq!(refs.iter().collect::<Vec<_>>(), vec![("q1", 2), ("q2", 1)]);
+        assert_eq!(serde_json::to_string(refs).unwrap(), r#"{"q1":2,"q2":1}"#);
+        let shared = |id: &RowId| Arc::as_ptr(&cvr.rows[id].refs.0[0].0);
+        assert_eq!(shared(&a), shared(&b), "one string for q1");
+        assert!(cvr.adjust_row(&a, "q1", -2, at), "q2 still holds it");
+        assert_eq!(cvr.rows[&a].refs.get("q1"), None);
+        assert!(!cvr.adjust_row(&a, "q2", -1, at), "a tombstone now");
+        assert!(cvr.rows[&a].refs.is_empty());
+        let loaded: Refs = [("b".to_owned(), 1), ("a".to_owned(), 3)]
+            .into_iter()
+            .collect();
+        assert_eq!(loaded.iter().collect::<Vec<_>>(), vec![("a", 3), ("b", 1)]);
+    }
+
     /// `changes_since` (through the version index) equals a scan of every row.
     #[test]
     fn changes_since_equals_a_scan() {
@@ -381,7 +507,7 @@ mod tests {
                 for _ in 0..rng.random_range(1..4) {
                     let id = RowId {
                         table: "t".into(),
-                        key: format!("{}", rng.random_range(0..30)),
+                        key: format!("{}", rng.random_range(0..30)).into(),
                     };
                     let hash = ["a", "b"][rng.random_range(0..2)];
                     match rng.random_range(0..3) {

@@ -177,12 +177,9 @@ impl CvrStore {
             let refs: BTreeMap<String, u32> = serde_json::from_str(r.get::<&str, _>(2))
                 .map_err(|e| corrupt(group, e.to_string()))?;
             cvr.load_row(
-                RowId {
-                    table: r.get(0),
-                    key: r.get(1),
-                },
+                RowId::new(r.get::<String, _>(0), r.get::<String, _>(1)),
                 RowRecord {
-                    refs,
+                    refs: refs.into_iter().collect(),
                     patch: version(group, r.get::<&str, _>(3))?,
                 },
             );
@@ -216,10 +213,7 @@ impl CvrStore {
         .await?;
         let mut added = false;
         for r in rows {
-            let id = RowId {
-                table: r.get(0),
-                key: r.get(1),
-            };
+            let id = RowId::new(r.get::<String, _>(0), r.get::<String, _>(1));
             // The record in memory is newer than the stored one.
             if !cvr.rows.contains_key(&id) {
                 changes.rows.push((id, false));
@@ -271,8 +265,8 @@ impl CvrStore {
             if let Some(r) = cvr.rows.get(id) {
                 refs.push(serde_json::to_string(&r.refs).unwrap_or_else(|_| "{}".into()));
                 patches.push(r.patch.cookie());
-                tables.push(id.table.clone());
-                keys.push(id.key.clone());
+                tables.push(id.table.to_string());
+                keys.push(id.key.to_string());
             }
         }
         // One statement, one round trip: the instance row is updated only if this instance

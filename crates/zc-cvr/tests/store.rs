@@ -8,7 +8,7 @@ use zc_types::Lsn;
 fn row(key: &str) -> RowId {
     RowId {
         table: "issue".into(),
-        key: format!("{{\"id\":\"{key}\"}}"),
+        key: format!("{{\"id\":\"{key}\"}}").into(),
     }
 }
 

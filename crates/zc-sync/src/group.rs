@@ -26,7 +26,7 @@ use zc_types::{Lsn, Row, TableName, Value};
 
 use crate::SnapshotSources;
 use crate::forward::{Credentials, NamedQuery, Transformed};
-use crate::hub::{Step, StepKind, Subscription};
+use crate::hub::{Output, Step, StepKind, Subscription};
 use crate::permissions::Permissions;
 use crate::service::{Connection, Shared};
 
@@ -84,8 +84,8 @@ pub(crate) struct Group {
     steps: mpsc::Receiver<Arc<Step>>,
     /// The AST each live query runs.
     resolved: HashMap<String, Ast>,
-    /// The current value of every row the group holds.
-    values: HashMap<RowId, Row>,
+    /// The current value of every row the group holds (shared with the pipelines).
+    values: HashMap<RowId, Arc<Row>>,
     /// The CVR's queries have been hydrated into pipelines since the group was loaded.
     resumed: bool,
     poke_seq: u64,
@@ -855,7 +855,7 @@ impl Group {
                         Err(_) => continue,
                     };
                 let k = serde_json::to_string(&key).unwrap_or_default();
-                if touched.contains(&(id.table.clone(), k)) {
+                if touched.contains(&(id.table.to_string(), k)) {
                     self.cvr.touch_row(&id, at);
                     changed = true;
                 }
@@ -874,7 +874,7 @@ impl Group {
             let refs: Vec<(String, u32)> = self.cvr.rows[&id]
                 .refs
                 .iter()
-                .map(|(h, n)| (h.clone(), *n))
+                .map(|(h, n)| (h.to_owned(), n))
                 .collect();
             for (h, n) in refs {
                 self.cvr.adjust_row(&id, &h, -i64::from(n), at);
@@ -1331,18 +1331,18 @@ impl Group {
                     changed = true;
                     for hash in hashes {
                         match out {
-                            RowChange::Add(row) => {
+                            Output::Add(row) => {
                                 self.cvr.adjust_row(id, hash, 1, at);
-                                self.values.insert(id.clone(), row.clone());
+                                self.values.insert(id.clone(), Arc::clone(row));
                             }
-                            RowChange::Remove(_) => {
+                            Output::Remove => {
                                 if !self.cvr.adjust_row(id, hash, -1, at) {
                                     self.values.remove(id);
                                 }
                             }
-                            RowChange::Edit { new, .. } => {
+                            Output::Edit(new) => {
                                 self.cvr.touch_row(id, at);
-                                self.values.insert(id.clone(), new.clone());
+                                self.values.insert(id.clone(), Arc::clone(new));
                             }
                         }
                     }
@@ -1592,17 +1592,17 @@ impl Group {
                             let wire: WireRow = spec
                                 .columns
                                 .iter()
-                                .zip(value)
+                                .zip(value.iter())
                                 .map(|(c, v)| (c.name.clone(), v.to_json()))
                                 .collect();
                             rows.push(RowPatchOp::Put {
-                                table_name: id.table.clone(),
+                                table_name: id.table.to_string(),
                                 value: wire,
                             });
                         }
                     } else if let Ok(Json::Object(key)) = serde_json::from_str::<Json>(&id.key) {
                         rows.push(RowPatchOp::Del {
-                            table_name: id.table.clone(),
+                            table_name: id.table.to_string(),
                             id: key.into_iter().collect(),
                         });
                     }

@@ -46,17 +46,36 @@ pub(crate) enum StepKind {
         /// The replica's row changes, in order.
         changes: Vec<(TableName, RowChange)>,
         /// Every pipeline's output, in change order: (pipeline key, row, change).
-        outputs: Vec<(Arc<str>, RowId, RowChange)>,
+        outputs: Vec<(Arc<str>, RowId, Output)>,
     },
     /// Tables were rebuilt: every pipeline is gone; groups subscribe again.
     Reset,
+}
+
+/// A pipeline's output as groups need it: a row's new contents, shared by every group that
+/// holds the row (and by the pipeline's own record of its rows).
+#[derive(Debug)]
+pub(crate) enum Output {
+    Add(Arc<Row>),
+    Remove,
+    Edit(Arc<Row>),
+}
+
+impl Output {
+    fn of(change: RowChange) -> Output {
+        match change {
+            RowChange::Add(row) => Output::Add(Arc::new(row)),
+            RowChange::Remove(_) => Output::Remove,
+            RowChange::Edit { new, .. } => Output::Edit(Arc::new(new)),
+        }
+    }
 }
 
 /// Steps a group may have queued before the hub drops it (see [`Hub::advance`]).
 const STEP_BACKLOG: usize = 1024;
 
 /// A pipeline's rows: id, how many partitions hold it, contents.
-pub(crate) type HeldRows = Vec<(RowId, u32, Row)>;
+pub(crate) type HeldRows = Vec<(RowId, u32, Arc<Row>)>;
 
 /// A group's hold on a shared pipeline.
 #[derive(Debug, Clone)]
@@ -71,7 +90,7 @@ struct Shared {
     tree: TreeQuery,
     users: usize,
     /// The rows the pipeline holds, with how many of its partitions hold each.
-    held: HashMap<RowId, (u32, Row)>,
+    held: HashMap<RowId, (u32, Arc<Row>)>,
 }
 
 struct State {
@@ -113,20 +132,22 @@ pub(crate) fn row_id(sources: &SnapshotSources, table: &str, row: &[Value]) -> O
                 .unwrap_or(serde_json::Value::Null),
         );
     }
-    Some(RowId {
-        table: table.to_owned(),
-        key: serde_json::Value::Object(key).to_string(),
-    })
+    Some(RowId::new(
+        table,
+        serde_json::Value::Object(key).to_string(),
+    ))
 }
 
-fn hold(held: &mut HashMap<RowId, (u32, Row)>, id: &RowId, change: &RowChange) {
+fn hold(held: &mut HashMap<RowId, (u32, Arc<Row>)>, id: &RowId, change: &Output) {
     match change {
-        RowChange::Add(row) => {
-            let e = held.entry(id.clone()).or_insert((0, Vec::new()));
+        Output::Add(row) => {
+            let e = held
+                .entry(id.clone())
+                .or_insert_with(|| (0, Arc::clone(row)));
             e.0 += 1;
-            e.1.clone_from(row);
+            e.1 = Arc::clone(row);
         }
-        RowChange::Remove(_) => {
+        Output::Remove => {
             if let Some(e) = held.get_mut(id) {
                 e.0 = e.0.saturating_sub(1);
                 if e.0 == 0 {
@@ -134,9 +155,9 @@ fn hold(held: &mut HashMap<RowId, (u32, Row)>, id: &RowId, change: &RowChange) {
                 }
             }
         }
-        RowChange::Edit { new, .. } => {
+        Output::Edit(new) => {
             if let Some(e) = held.get_mut(id) {
-                e.1.clone_from(new);
+                e.1 = Arc::clone(new);
             }
         }
     }
@@ -226,7 +247,7 @@ impl Hub {
                     if let RowChange::Add(r) = &change
                         && let Some(id) = row_id(sources, &table, r)
                     {
-                        hold(&mut held, &id, &change);
+                        hold(&mut held, &id, &Output::of(change));
                     }
                 }
                 e.insert(Shared {
@@ -240,7 +261,7 @@ impl Hub {
         let rows = p
             .held
             .iter()
-            .map(|(id, (n, row))| (id.clone(), *n, row.clone()))
+            .map(|(id, (n, row))| (id.clone(), *n, Arc::clone(row)))
             .collect();
         self.gauge(state.pipelines.len());
         Ok((
@@ -324,7 +345,7 @@ impl Hub {
 fn push_all(
     state: &mut State,
     changes: &[(TableName, RowChange)],
-) -> Result<Vec<(Arc<str>, RowId, RowChange)>, HubError> {
+) -> Result<Vec<(Arc<str>, RowId, Output)>, HubError> {
     let mut outputs = Vec::new();
     for (table, change) in changes {
         state.sources.apply(table, change);
@@ -339,6 +360,7 @@ fn push_all(
                     RowChange::Edit { new, .. } => new,
                 };
                 if let Some(id) = row_id(&state.sources, &t, row) {
+                    let out = Output::of(out);
                     hold(&mut p.held, &id, &out);
                     outputs.push((Arc::clone(key), id, out));
                 }
