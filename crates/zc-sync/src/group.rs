@@ -1626,8 +1626,10 @@ impl Group {
             let mut start = PokeStartBody::new(poke_id.clone(), base);
             start.timestamp = Some(now_ms());
             let mut ok = out.send(Downstream::PokeStart(start)).await.is_ok();
-            if ok && !part.is_empty() {
-                ok = out.send(Downstream::PokePart(part)).await.is_ok();
+            if !part.is_empty() {
+                for part in split_part(part) {
+                    ok = ok && out.send(Downstream::PokePart(part)).await.is_ok();
+                }
             }
             if ok {
                 ends.push((name, poke_id, end_cookie));
@@ -1637,6 +1639,38 @@ impl Group {
         }
         ends
     }
+}
+
+/// Row patches per poke part at most (zero-cache's count too): a large poke (a hydration)
+/// goes out as several moderate messages instead of one, which keeps each connection's
+/// write buffer small.
+const POKE_PART_ROWS: usize = 100;
+
+/// Splits `part` into parts of at most [`POKE_PART_ROWS`] row patches, in order; the first
+/// keeps every other patch.
+fn split_part(mut part: PokePartBody) -> Vec<PokePartBody> {
+    let rows = match part.rows_patch.take() {
+        Some(rows) if rows.len() > POKE_PART_ROWS => rows,
+        rows => {
+            part.rows_patch = rows;
+            return vec![part];
+        }
+    };
+    let poke_id = part.poke_id.clone();
+    let mut parts = vec![part];
+    let mut rows = rows.into_iter().peekable();
+    while rows.peek().is_some() {
+        let chunk: Vec<RowPatchOp> = rows.by_ref().take(POKE_PART_ROWS).collect();
+        match parts.last_mut() {
+            Some(last) if last.rows_patch.is_none() => last.rows_patch = Some(chunk),
+            _ => {
+                let mut next = PokePartBody::new(poke_id.clone());
+                next.rows_patch = Some(chunk);
+                parts.push(next);
+            }
+        }
+    }
+    parts
 }
 
 fn crud_table(op: &zc_protocol::messages::CrudOp) -> &str {
@@ -1689,4 +1723,43 @@ fn mutation_put(spec: &zc_types::TableSpec, row: &Row) -> Option<MutationPatchOp
             result,
         },
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn put(i: usize) -> RowPatchOp {
+        RowPatchOp::Put {
+            table_name: "issue".into(),
+            value: [("id".to_owned(), Json::from(i))].into_iter().collect(),
+        }
+    }
+
+    /// A part with more than a part's worth of rows becomes several, in order; the first keeps
+    /// the query patches, and a small part stays as it is.
+    #[test]
+    fn large_parts_are_split_in_order() {
+        let mut part = PokePartBody::new("p1");
+        part.got_queries_patch = Some(vec![QueriesPatchOp::put("h".to_owned())]);
+        part.rows_patch = Some((0..250).map(put).collect());
+        let parts = split_part(part);
+        let sizes: Vec<usize> = parts
+            .iter()
+            .map(|p| p.rows_patch.as_ref().map_or(0, Vec::len))
+            .collect();
+        assert_eq!(sizes, vec![100, 100, 50]);
+        assert!(parts.iter().all(|p| p.poke_id == "p1"));
+        assert!(parts[0].got_queries_patch.is_some());
+        assert!(parts[1..].iter().all(|p| p.got_queries_patch.is_none()));
+        let ids: Vec<RowPatchOp> = parts
+            .into_iter()
+            .flat_map(|p| p.rows_patch.unwrap_or_default())
+            .collect();
+        assert_eq!(ids, (0..250).map(put).collect::<Vec<_>>());
+
+        let mut small = PokePartBody::new("p2");
+        small.rows_patch = Some((0..100).map(put).collect());
+        assert_eq!(split_part(small).len(), 1);
+    }
 }
