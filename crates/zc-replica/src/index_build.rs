@@ -27,7 +27,7 @@ use redb::{ReadableTableMetadata, TableDefinition, WriteTransaction};
 use crate::error::{Error, Result};
 
 /// Memory for pending entries of all indexes together before the largest is spilled.
-const PENDING_BYTES: usize = 32 << 20;
+const PENDING_BYTES: usize = 16 << 20;
 /// Per-entry bookkeeping of a pending entry (its span in the flat buffer).
 const SPAN_BYTES: usize = std::mem::size_of::<(u32, u32)>();
 /// Read buffer of one run during the merge.

@@ -35,7 +35,7 @@ impl WalConfig {
             shard_num: 0,
             app_publications: Vec::new(),
             copy_workers: 5,
-            copy_batch_rows: 10_000,
+            copy_batch_rows: 5_000,
             status_interval: Duration::from_secs(1),
             progress_interval: Duration::from_secs(2),
         }
