@@ -736,7 +736,11 @@ async function runServer(admin, kind, size, seed) {
     r.rampOne = await ramp(ctx, r, [one], CFG.ramp);
     r.maxSustainedWritesPerSec1 = r.rampOne.maxSustained;
 
-    // Fifty more client groups.
+    // Fifty more client groups. The baseline is taken right before them: the ramp above
+    // grows caches and logs that are not the groups' memory.
+    const beforeMany = await settle(srv);
+    r.rssBeforeManyBytes = beforeMany.rss;
+    r.pssBeforeManyBytes = beforeMany.pss;
     const many = Array.from({length: CFG.clients}, () => nextKey++);
     await step(r, `hydrate ${CFG.clients} clients`, async () => {
       const t0 = now();
@@ -753,8 +757,11 @@ async function runServer(admin, kind, size, seed) {
     const manyGroups = await settle(srv);
     r.rssManyGroupsBytes = manyGroups.rss;
     r.pssManyGroupsBytes = manyGroups.pss;
-    r.rssPerGroupBytes = Math.round((manyGroups.rss - oneGroup.rss) / CFG.clients);
-    r.pssPerGroupBytes = Math.round((manyGroups.pss - oneGroup.pss) / CFG.clients);
+    r.rssPerGroupBytes = Math.round((manyGroups.rss - beforeMany.rss) / CFG.clients);
+    r.pssPerGroupBytes = Math.round((manyGroups.pss - beforeMany.pss) / CFG.clients);
+    // The figure as runs before 2026-12-03 (evening) computed it: from the one-group reading
+    // taken before the 1-client ramp.
+    r.rssPerGroupSinceOneBytes = Math.round((manyGroups.rss - oneGroup.rss) / CFG.clients);
     r.latencyMany = await step(r, `latency, ${CFG.clients} clients, ${CFG.rate} writes/s`, () =>
       latencyPhase(ctx, many, CFG.rate, CFG.latencySecs, 30_000),
     );
