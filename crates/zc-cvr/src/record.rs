@@ -50,10 +50,6 @@ impl Refs {
         self.0.is_empty()
     }
 
-    pub fn len(&self) -> usize {
-        self.0.len()
-    }
-
     /// `(hash, count)` in hash order.
     pub fn iter(&self) -> impl Iterator<Item = (&str, u32)> {
         self.0.iter().map(|(h, n)| (&**h, *n))

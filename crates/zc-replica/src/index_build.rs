@@ -134,10 +134,10 @@ impl IndexBuilds {
     pub(crate) fn add(&mut self, table: String, keys: KeyList) -> Result<()> {
         let build = self.builds.entry(table).or_default();
         let before = build.memory();
-        let base = u32::try_from(build.bytes.len()).map_err(|_| Error::State("index build"))?;
-        if u32::try_from(build.bytes.len() + keys.bytes.len()).is_err() {
-            return Err(Error::State("index build"));
-        }
+        // The offsets of the appended entries must fit u32 (so does `base`, which is smaller).
+        u32::try_from(build.bytes.len() + keys.bytes.len())
+            .map_err(|_| Error::State("index build"))?;
+        let base = build.bytes.len() as u32;
         build.bytes.extend_from_slice(&keys.bytes);
         build
             .spans

@@ -659,11 +659,13 @@ fn put_encoded_in(
         // instead of descending the tree and splitting a leaf per row. The first row that does
         // not sort after the table's last (out of order, or delivered again) ends the run; it
         // and the rest of the batch take the ordinary path.
-        let mut rows = batch.rows.into_iter();
+        let mut rows = batch.rows.into_iter().map(|(pk, mut value)| {
+            stamp(&mut value);
+            (pk, value)
+        });
         let mut unordered = None;
         let mut cursor = table.upper_bound_mut(Bound::<&[u8]>::Unbounded)?;
-        for (pk, mut value) in rows.by_ref() {
-            stamp(&mut value);
+        for (pk, value) in rows.by_ref() {
             match cursor.insert_before(pk.as_slice(), value.as_slice()) {
                 Ok(()) => {}
                 Err(redb::CursorError::UnorderedKey) => {
@@ -674,8 +676,7 @@ fn put_encoded_in(
             }
         }
         cursor.close()?;
-        for (pk, mut value) in unordered.into_iter().chain(rows) {
-            stamp(&mut value);
+        for (pk, value) in unordered.into_iter().chain(rows) {
             let previous = table
                 .insert(pk.as_slice(), value.as_slice())?
                 .map(|p| p.value().to_vec());
