@@ -64,6 +64,9 @@ pub enum Error {
     /// The blocking writer task ended abnormally.
     #[error("replica writer task failed")]
     Writer(#[source] tokio::task::JoinError),
+    /// Writing a batch of the copy panicked (a bug); the copy cannot complete.
+    #[error("writing a batch of the copy panicked")]
+    CopyWriterPanicked,
 }
 
 /// Result of replica operations.

@@ -192,18 +192,29 @@ impl IndexBuilds {
     /// Writes every collected index, one write transaction each (non-durable: the caller's
     /// durable commit follows), and forgets them.
     pub(crate) fn write_all(&mut self, db: &redb::Database) -> Result<usize> {
-        let builds = std::mem::take(&mut self.builds);
+        let tables: Vec<String> = self.builds.keys().cloned().collect();
+        let written = self.write_tables(db, &tables)?;
+        self.clear();
+        Ok(written)
+    }
+
+    /// Writes the collected entries of the index tables `tables` (those it has), one write
+    /// transaction each (non-durable), and forgets them.
+    pub(crate) fn write_tables(&mut self, db: &redb::Database, tables: &[String]) -> Result<usize> {
         let mut written = 0;
-        for (table, build) in builds {
+        for table in tables {
+            let Some(build) = self.builds.remove(table) else {
+                continue;
+            };
+            self.pending_bytes -= build.memory();
             let mut w = db.begin_write()?;
             w.set_durability(redb::Durability::None)?;
-            written += write_build(&w, &table, &build)?;
+            written += write_build(&w, table, &build)?;
             w.commit()?;
             for run in &build.runs {
                 let _ = std::fs::remove_file(run);
             }
         }
-        self.clear();
         Ok(written)
     }
 

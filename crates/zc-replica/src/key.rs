@@ -54,13 +54,16 @@ pub fn encode_value(out: &mut Vec<u8>, value: &Value) {
 }
 
 fn escaped(out: &mut Vec<u8>, tag: u8, bytes: &[u8]) {
+    out.reserve(bytes.len() + 3);
     out.push(tag);
-    for &b in bytes {
-        out.push(b);
-        if b == 0 {
-            out.push(0xFF);
-        }
+    // Copy the runs between zero bytes whole (text rarely has any).
+    let mut rest = bytes;
+    while let Some(at) = memchr::memchr(0, rest) {
+        out.extend_from_slice(&rest[..=at]);
+        out.push(0xFF);
+        rest = &rest[at + 1..];
     }
+    out.extend_from_slice(rest);
     out.extend_from_slice(&[0, 0]);
 }
 
@@ -109,22 +112,18 @@ pub fn decode_value(buf: &[u8]) -> Option<(Value, &[u8])> {
         }
         TEXT | JSON | BYTES => {
             let mut bytes = Vec::new();
-            let mut i = 0;
+            let mut rest = rest;
             loop {
-                let b = *rest.get(i)?;
-                if b == 0 {
-                    match *rest.get(i + 1)? {
-                        0 => break,
-                        0xFF => bytes.push(0),
-                        _ => return None,
-                    }
-                    i += 2;
-                } else {
-                    bytes.push(b);
-                    i += 1;
+                let at = memchr::memchr(0, rest)?;
+                bytes.extend_from_slice(&rest[..at]);
+                let escape = *rest.get(at + 1)?;
+                rest = &rest[at + 2..];
+                match escape {
+                    0 => break,
+                    0xFF => bytes.push(0),
+                    _ => return None,
                 }
             }
-            let rest = rest.get(i + 2..)?;
             let value = match tag {
                 TEXT => Value::Text(String::from_utf8(bytes).ok()?),
                 JSON => Value::Json(String::from_utf8(bytes).ok()?),
@@ -145,16 +144,15 @@ pub fn value_len(buf: &[u8], desc: bool) -> Option<usize> {
         BOOL => at(1).map(|_| 2),
         INT | FLOAT => (buf.len() >= 9).then_some(9),
         TEXT | JSON | BYTES => {
+            // A zero byte (inverted when descending) ends the value or escapes a zero.
+            let zero = if desc { 0xFF } else { 0 };
             let mut i = 1;
             loop {
-                if at(i)? == 0 {
-                    match at(i + 1)? {
-                        0 => return Some(i + 2),
-                        0xFF => i += 2,
-                        _ => return None,
-                    }
-                } else {
-                    i += 1;
+                i += memchr::memchr(zero, buf.get(i..)?)?;
+                match at(i + 1)? {
+                    0 => return Some(i + 2),
+                    0xFF => i += 2,
+                    _ => return None,
                 }
             }
         }
@@ -252,6 +250,7 @@ mod tests {
         fn decode_never_panics(bytes: Vec<u8>) {
             let _ = decode(&bytes);
             let _ = value_len(&bytes, true);
+            let _ = value_len(&bytes, false);
         }
 
         #[test]

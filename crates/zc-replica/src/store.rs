@@ -183,6 +183,9 @@ struct Inner {
     deferred: AtomicBool,
     /// The secondary index entries of the copy in progress, written when it finishes.
     builds: std::sync::Mutex<IndexBuilds>,
+    /// The first error of a copy batch written behind (see [`Destination::copy_rows`]),
+    /// reported by the copy's next call.
+    copy_failed: std::sync::Mutex<Option<Error>>,
 }
 
 /// A write transaction of the copy, kept open across batches: redb then changes the pages
@@ -210,8 +213,10 @@ impl Inner {
         Ok(())
     }
 
-    /// Writes the secondary indexes the copy collected (see [`IndexBuilds`]).
+    /// Writes the secondary indexes the copy collected (see [`IndexBuilds`]), after every
+    /// batch of the copy was written: it fails if one of them failed.
     fn write_indexes(&self) -> Result<()> {
+        self.copy_failure()?;
         let mut builds = self
             .builds
             .lock()
@@ -229,8 +234,33 @@ impl Inner {
         Ok(())
     }
 
-    /// Forgets the index entries of an interrupted copy.
-    fn clear_indexes(&self) -> Result<()> {
+    /// The error of a copy batch written behind, if one failed (taken: reported once).
+    fn copy_failure(&self) -> Result<()> {
+        match self
+            .copy_failed
+            .lock()
+            .map_err(|_| Error::State("copy"))?
+            .take()
+        {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
+    }
+
+    /// Keeps the first error of a copy batch written behind.
+    fn record_copy_failure(&self, e: Error) {
+        tracing::error!(error = %e, "writing a batch of the copy failed");
+        if let Ok(mut slot) = self.copy_failed.lock() {
+            slot.get_or_insert(e);
+        }
+    }
+
+    /// Forgets the index entries and the failed batch of an interrupted copy.
+    fn clear_copy(&self) -> Result<()> {
+        self.copy_failed
+            .lock()
+            .map_err(|_| Error::State("copy"))?
+            .take();
         self.builds
             .lock()
             .map_err(|_| Error::State("index build"))?
@@ -344,6 +374,7 @@ impl Replica {
                 deferred: AtomicBool::new(false),
                 copy: std::sync::Mutex::new(None),
                 builds: std::sync::Mutex::new(builds),
+                copy_failed: std::sync::Mutex::new(None),
             }),
         };
         let version = replica
@@ -962,7 +993,7 @@ impl Destination for Replica {
         tables: Vec<Arc<TableSpec>>,
     ) -> Result<()> {
         self.write_inner(move |inner| {
-            inner.clear_indexes()?;
+            inner.clear_copy()?;
             let db = &inner.db;
             let mut w = db.begin_write()?;
             w.set_durability(Durability::Immediate)?;
@@ -991,6 +1022,8 @@ impl Destination for Replica {
     }
 
     async fn copy_rows(&self, table: &TableName, rows: Vec<Row>) -> Result<()> {
+        // A batch whose write failed fails the copy at the next call.
+        self.inner.copy_failure()?;
         // Keys, stored rows and index entries are encoded and sorted before the writer lock is
         // taken: the copy workers encode in parallel, the writer only inserts.
         let inner = Arc::clone(&self.inner);
@@ -1002,20 +1035,58 @@ impl Destination for Replica {
         })
         .await
         .map_err(Error::Writer)??;
+        // The batch is written behind: this returns once the write has the lock, so the
+        // caller decodes and encodes its next batch while this one is inserted. The caller's
+        // next batch waits for the lock, which keeps one table's batches in order, and every
+        // later write (the finish included) waits for this one.
         let guard = Arc::clone(&self.inner.write_lock).lock_owned().await;
         let inner = Arc::clone(&self.inner);
-        tokio::task::spawn_blocking(move || {
-            let result = inner.copy_batch(area, &spec, batch);
+        drop(tokio::task::spawn_blocking(move || {
+            let written = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                inner.copy_batch(area, &spec, batch)
+            }))
+            .unwrap_or(Err(Error::CopyWriterPanicked));
+            if let Err(e) = written {
+                inner.record_copy_failure(e);
+            }
             drop(guard);
-            result
+        }));
+        Ok(())
+    }
+
+    async fn copied_table(&self, table: &TableName) -> Result<()> {
+        // The table's index entries are complete: write them now, while other tables may
+        // still be copying (their batches are encoded meanwhile and wait for the writer).
+        let table = table.clone();
+        self.write_inner(move |inner| {
+            inner.copy_failure()?;
+            let (area, spec) = copy_target(&inner.db, &table)?;
+            let name = storage_key(&spec.name);
+            let indexes: Vec<String> = stored_indexes(&spec)
+                .map(|index| area.index(&name, &index.name))
+                .collect();
+            let started = std::time::Instant::now();
+            let entries = inner
+                .builds
+                .lock()
+                .map_err(|_| Error::State("index build"))?
+                .write_tables(&inner.db, &indexes)?;
+            if entries > 0 {
+                tracing::debug!(
+                    table = %table,
+                    entries,
+                    ms = started.elapsed().as_millis() as u64,
+                    "wrote a copied table's secondary indexes"
+                );
+            }
+            Ok(())
         })
         .await
-        .map_err(Error::Writer)?
     }
 
     async fn begin_table_resync(&self, spec: Arc<TableSpec>) -> Result<()> {
         self.write_inner(move |inner| {
-            inner.clear_indexes()?;
+            inner.clear_copy()?;
             let db = &inner.db;
             let mut w = db.begin_write()?;
             w.set_durability(Durability::Immediate)?;
@@ -1772,5 +1843,41 @@ mod tests {
             !dir.path().join("r.redb.index-build").exists(),
             "no run files are left"
         );
+    }
+
+    #[tokio::test]
+    async fn a_copied_tables_indexes_are_written_before_the_copy_finishes() {
+        let dir = tempfile::tempdir().unwrap();
+        let r = Replica::open(dir.path().join("r.redb")).unwrap();
+        let t = TableName::new("public", "t");
+        r.begin_initial_sync(Lsn(9), vec![Arc::new(spec())])
+            .await
+            .unwrap();
+        r.copy_rows(&t, vec![row(2, "b", 7), row(1, "a", 5)])
+            .await
+            .unwrap();
+        r.copy_rows(&t, vec![row(3, "c", 1)]).await.unwrap();
+        // The batches may still be being written: the index waits for them.
+        r.copied_table(&t).await.unwrap();
+        assert_eq!(
+            index_order(&r),
+            vec![2, 1, 3],
+            "by n descending, before the finish"
+        );
+        r.finish_initial_sync(synced_state()).await.unwrap();
+        assert_eq!(index_order(&r), vec![2, 1, 3], "each entry once");
+        // A copy that fails (a row of the wrong shape) is reported, and the next copy of the
+        // same replica starts clean.
+        r.begin_initial_sync(Lsn(9), vec![Arc::new(spec())])
+            .await
+            .unwrap();
+        assert!(r.copy_rows(&t, vec![vec![Value::Int(1)]]).await.is_err());
+        r.begin_initial_sync(Lsn(9), vec![Arc::new(spec())])
+            .await
+            .unwrap();
+        r.copy_rows(&t, vec![row(4, "d", 2)]).await.unwrap();
+        r.copied_table(&t).await.unwrap();
+        r.finish_initial_sync(synced_state()).await.unwrap();
+        assert_eq!(index_order(&r), vec![4]);
     }
 }

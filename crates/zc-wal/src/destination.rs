@@ -71,12 +71,25 @@ pub trait Destination: Send + Sync + 'static {
         tables: Vec<Arc<TableSpec>>,
     ) -> impl Future<Output = Result<(), Self::Error>> + Send;
 
-    /// Stores a batch of copied rows of one table (row order does not matter).
+    /// Stores a batch of copied rows of one table (row order does not matter). A destination
+    /// may return before the batch is stored; an error storing it is then returned by a later
+    /// call of the same copy (`copy_rows`, `copied_table` or the finish).
     fn copy_rows(
         &self,
         table: &TableName,
         rows: Vec<Row>,
     ) -> impl Future<Output = Result<(), Self::Error>> + Send;
+
+    /// Says that every row of `table` has been passed to `copy_rows` while other tables may
+    /// still be copying: a destination can finish that table's work (such as building its
+    /// indexes) now instead of at the end. Does nothing by default.
+    fn copied_table(
+        &self,
+        table: &TableName,
+    ) -> impl Future<Output = Result<(), Self::Error>> + Send {
+        let _ = table;
+        async { Ok(()) }
+    }
 
     /// Completes the initial sync durably with its state.
     fn finish_initial_sync(

@@ -265,6 +265,9 @@ async fn copy_table<D: Destination>(
             .await
             .map_err(|e| Error::Destination(Box::new(e)))?;
     }
+    dest.copied_table(&spec.name)
+        .await
+        .map_err(|e| Error::Destination(Box::new(e)))?;
     info!(table = %spec.name, rows = count, ms = started.elapsed().as_millis() as u64, "copied table");
     Ok(())
 }
