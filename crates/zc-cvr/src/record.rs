@@ -67,6 +67,19 @@ impl Refs {
         }
     }
 
+    /// Replaces each hash string with the one in `set` (adding it there when new), so that
+    /// rows loaded from the store share one string per hash as `adjust_row`'s do.
+    fn share(&mut self, set: &mut BTreeSet<Arc<str>>) {
+        for (hash, _) in &mut self.0 {
+            match set.get(&**hash) {
+                Some(shared) => *hash = Arc::clone(shared),
+                None => {
+                    set.insert(Arc::clone(hash));
+                }
+            }
+        }
+    }
+
     fn remove(&mut self, hash: &str) {
         if let Ok(i) = self.find(hash) {
             self.0.remove(i);
@@ -394,7 +407,8 @@ impl Cvr {
     }
 
     /// Adds a row as the store has it (loading).
-    pub(crate) fn load_row(&mut self, id: RowId, record: RowRecord) {
+    pub(crate) fn load_row(&mut self, id: RowId, mut record: RowRecord) {
+        record.refs.share(&mut self.hashes);
         let patch = record.patch;
         if let Some(old) = self.rows.insert(id.clone(), record) {
             self.row_patches.remove(&(old.patch, id.clone()));
@@ -483,6 +497,16 @@ mod tests {
             .into_iter()
             .collect();
         assert_eq!(loaded.iter().collect::<Vec<_>>(), vec![("a", 3), ("b", 1)]);
+        // Rows loaded from the store share the group's strings too.
+        let record = |n| RowRecord {
+            refs: [("q1".to_owned(), n)].into_iter().collect(),
+            patch: at,
+        };
+        let c = RowId::new("t", "{\"id\":3}");
+        cvr.load_row(c.clone(), record(4));
+        let q1 = |id: &RowId| Arc::as_ptr(&cvr.rows[id].refs.0[0].0);
+        assert_eq!(q1(&b), q1(&c), "a loaded row shares q1");
+        assert_eq!(cvr.rows[&c].refs.get("q1"), Some(&4));
     }
 
     /// `changes_since` (through the version index) equals a scan of every row.
