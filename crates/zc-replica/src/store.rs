@@ -47,8 +47,8 @@ use crate::error::{Error, Result};
 use crate::index_build::{IndexBuilds, KeyList};
 use crate::key;
 
-/// The default page cache of the replica (64 MiB).
-pub const DEFAULT_CACHE_BYTES: usize = 64 << 20;
+/// The default page cache of the replica (48 MiB).
+pub const DEFAULT_CACHE_BYTES: usize = 48 << 20;
 
 const META: TableDefinition<&str, &[u8]> = TableDefinition::new("zc_meta");
 const CATALOG: TableDefinition<&str, &str> = TableDefinition::new("zc_catalog");

@@ -117,9 +117,10 @@ pub trait Destination: Send + Sync + 'static {
     fn apply(&self, txn: Transaction) -> impl Future<Output = Result<(), Self::Error>> + Send;
 
     /// Applies one transaction atomically, as [`apply`](Self::apply) does, but possibly not
-    /// yet durably: a later `apply` or [`flush`](Self::flush) makes it durable. zc-wal uses it
-    /// when more of the stream is already waiting, so that one fsync covers many upstream
-    /// transactions; readers may see the transaction before it is durable. The default
+    /// yet durably: a later `apply` or [`flush`](Self::flush) makes it durable. zc-wal applies
+    /// every streamed transaction this way and flushes once no more of the stream is waiting
+    /// (before it acknowledges anything), so that readers see a transaction without waiting
+    /// for the disk and one fsync covers a burst of upstream transactions. The default
     /// applies it durably.
     fn apply_deferred(
         &self,

@@ -17,24 +17,26 @@
 //!   without it a quiet or unpublished-only workload would pin WAL forever
 //!   (`quiet_database_advances_the_slot`).
 //!
-//! # Group commit (deferred durability)
+//! # Visible first, durable after (group commit)
 //!
 //! ```text
-//!  Commit, more of the stream already buffered, < 500 txns / 100 ms deferred
-//!        ──▶ destination.apply_deferred(txn)          (visible, not durable, NOT acked)
-//!  Commit, nothing buffered (or a bound reached) ──▶ destination.apply(txn) ──▶ ack(end_lsn)
-//!  KeepAlive / skipped commit with deferred txns  ──▶ destination.flush()   ──▶ ack
+//!  Commit ──▶ destination.apply_deferred(txn)           (visible at once, not durable, not acked)
+//!    more of the stream already buffered, < 500 txns / 100 ms deferred ──▶ next event
+//!    otherwise ──▶ destination.flush() ──▶ ack(end_lsn)  (one fsync for the whole burst)
+//!  KeepAlive / skipped commit with deferred txns  ──▶ destination.flush() ──▶ ack
 //! ```
 //!
-//! An fsync per upstream transaction caps a burst of small transactions at the disk's fsync
-//! rate. When the next event is already waiting in the client's buffer (looked at without
-//! waiting, and then processed next, so nothing is lost or reordered), the transaction is
-//! applied without being made durable and is not acknowledged; the next durable apply (or a
-//! flush) makes all of them durable at once, and only then is the newest `end_lsn`
-//! acknowledged. Each upstream transaction is still its own atomic commit and version. A
-//! crash loses at most deferred, unacknowledged transactions, which the slot sends again
+//! Every transaction is applied without waiting for the disk, so readers (zc's sync
+//! groups) start on a new version while its fsync is still running: the fsync is off the
+//! path from an upstream commit to the clients. An fsync per upstream transaction would
+//! also cap a burst of small transactions at the disk's fsync rate, so the flush waits while
+//! the next event is already in the client's buffer (looked at without waiting, and then
+//! processed next, so nothing is lost or reordered); one flush then makes all of them
+//! durable, and only then is the newest `end_lsn` acknowledged. Each upstream transaction
+//! is still its own atomic commit and version. A crash loses at most applied but not yet
+//! durable transactions, none of them acknowledged, which the slot sends again
 //! (`acks_never_pass_the_durable_watermark` in zc-replica's integration tests). When the
-//! stream stops, deferred transactions are simply not acknowledged; a later stream in this
+//! stream stops, such transactions are simply not acknowledged; a later stream in this
 //! process flushes before it starts from the destination's watermark.
 
 use std::collections::HashMap;
@@ -162,9 +164,18 @@ impl<D: Destination> Streamer<'_, D> {
                 None => {
                     let received = tokio::select! {
                         biased;
-                        // Shutdown: whatever is open or deferred is not acknowledged and will
-                        // be re-sent.
-                        _ = cancel.cancelled() => return Ok(()),
+                        // Shutdown: whatever is open is not acknowledged and will be re-sent;
+                        // what readers may have seen already is made durable (not acknowledged
+                        // either, the next stream resumes from it).
+                        _ = cancel.cancelled() => {
+                            if self.deferred.take().is_some() {
+                                self.dest
+                                    .flush()
+                                    .await
+                                    .map_err(|e| Error::Destination(Box::new(e)))?;
+                            }
+                            return Ok(());
+                        }
                         // The next event (cancel-safe: an mpsc receive).
                         ev = client.recv() => ev,
                     };
@@ -233,27 +244,26 @@ impl<D: Destination> Streamer<'_, D> {
                         commit_time_micros,
                         changes: open.changes,
                     };
-                    // Defer the fsync only while more of the stream is already here (it
-                    // will end in a durable apply or a flush soon) and within the bounds.
-                    let within_bounds = self.deferred.as_ref().is_none_or(|d| {
-                        d.count < MAX_DEFERRED_TXNS && d.since.elapsed() < MAX_DEFERRED_FOR
+                    // Every transaction is applied without waiting for the disk, so readers
+                    // (the sync groups) start on it at once; it is made durable, and only then
+                    // acknowledged, when no more of the stream is waiting here (or a bound
+                    // is reached), one fsync for the whole burst.
+                    self.dest
+                        .apply_deferred(txn)
+                        .await
+                        .map_err(|e| Error::Destination(Box::new(e)))?;
+                    let deferred = self.deferred.get_or_insert_with(|| Deferred {
+                        count: 0,
+                        since: Instant::now(),
                     });
+                    deferred.count += 1;
+                    let within_bounds = deferred.count < MAX_DEFERRED_TXNS
+                        && deferred.since.elapsed() < MAX_DEFERRED_FOR;
                     if within_bounds && buffered.more_data_waiting(client) {
-                        self.dest
-                            .apply_deferred(txn)
-                            .await
-                            .map_err(|e| Error::Destination(Box::new(e)))?;
-                        self.deferred
-                            .get_or_insert_with(|| Deferred {
-                                count: 0,
-                                since: Instant::now(),
-                            })
-                            .count += 1;
                         metrics::counter!("zc_wal_transactions_deferred_total").increment(1);
                     } else {
-                        // Durable: this commit makes the deferred ones before it durable too.
                         self.dest
-                            .apply(txn)
+                            .flush()
                             .await
                             .map_err(|e| Error::Destination(Box::new(e)))?;
                         self.deferred = None;
