@@ -2,8 +2,9 @@
 //! the replication watermark, in one file.
 //!
 //! [`Replica`] implements [`zc_wal::Destination`]: zc-wal hands it the initial copy and then
-//! each upstream transaction, which it applies as one redb write transaction (durable, or
-//! made durable by a later commit when zc-wal groups the fsyncs of a burst). Readers
+//! each upstream transaction, which it applies as one redb write transaction (zc-wal has it
+//! committed without an fsync, so readers see it at once, and made durable by one flush
+//! for the whole burst before it acknowledges anything). Readers
 //! take [`Snapshot`]s (MVCC read transactions) and read rows by key, in key order, by index
 //! range, and the change log between two versions.
 //!
