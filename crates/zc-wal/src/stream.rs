@@ -167,15 +167,7 @@ impl<D: Destination> Streamer<'_, D> {
                         // Shutdown: whatever is open is not acknowledged and will be re-sent;
                         // what readers may have seen already is made durable (not acknowledged
                         // either, the next stream resumes from it).
-                        _ = cancel.cancelled() => {
-                            if self.deferred.take().is_some() {
-                                self.dest
-                                    .flush()
-                                    .await
-                                    .map_err(|e| Error::Destination(Box::new(e)))?;
-                            }
-                            return Ok(());
-                        }
+                        _ = cancel.cancelled() => return self.make_durable().await,
                         // The next event (cancel-safe: an mpsc receive).
                         ev = client.recv() => ev,
                     };
@@ -244,10 +236,8 @@ impl<D: Destination> Streamer<'_, D> {
                         commit_time_micros,
                         changes: open.changes,
                     };
-                    // Every transaction is applied without waiting for the disk, so readers
-                    // (the sync groups) start on it at once; it is made durable, and only then
-                    // acknowledged, when no more of the stream is waiting here (or a bound
-                    // is reached), one fsync for the whole burst.
+                    // Visible at once; durable (one fsync for the burst) and acknowledged
+                    // when no more of the stream is waiting or a bound is reached.
                     self.dest
                         .apply_deferred(txn)
                         .await
@@ -262,12 +252,7 @@ impl<D: Destination> Streamer<'_, D> {
                     if within_bounds && buffered.more_data_waiting(client) {
                         metrics::counter!("zc_wal_transactions_deferred_total").increment(1);
                     } else {
-                        self.dest
-                            .flush()
-                            .await
-                            .map_err(|e| Error::Destination(Box::new(e)))?;
-                        self.deferred = None;
-                        client.update_applied_lsn(end_lsn);
+                        self.ack(client, end_lsn).await?;
                     }
                     self.watermark = Watermark {
                         commit_lsn: open.commit_lsn,
@@ -291,14 +276,19 @@ impl<D: Destination> Streamer<'_, D> {
         client: &ReplicationClient,
         lsn: pgwire_replication::Lsn,
     ) -> Result<()> {
-        if self.deferred.is_some() {
+        self.make_durable().await?;
+        client.update_applied_lsn(lsn);
+        Ok(())
+    }
+
+    /// Makes the transactions applied without an fsync durable (acknowledges nothing).
+    async fn make_durable(&mut self) -> Result<()> {
+        if self.deferred.take().is_some() {
             self.dest
                 .flush()
                 .await
                 .map_err(|e| Error::Destination(Box::new(e)))?;
-            self.deferred = None;
         }
-        client.update_applied_lsn(lsn);
         Ok(())
     }
 
