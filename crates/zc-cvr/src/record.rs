@@ -63,7 +63,12 @@ impl Refs {
                     slot.1 = count;
                 }
             }
-            Err(i) => self.0.insert(i, (shared(), count)),
+            Err(i) => {
+                // Most rows are held by one query: a first insert would otherwise allocate
+                // room for four.
+                self.0.reserve_exact(1);
+                self.0.insert(i, (shared(), count));
+            }
         }
     }
 
@@ -96,6 +101,7 @@ impl FromIterator<(String, u32)> for Refs {
         let mut refs: Vec<(Arc<str>, u32)> = iter.into_iter().map(|(h, n)| (h.into(), n)).collect();
         refs.sort_unstable();
         refs.dedup_by(|a, b| a.0 == b.0);
+        refs.shrink_to_fit();
         Refs(refs)
     }
 }

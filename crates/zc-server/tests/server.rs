@@ -321,6 +321,19 @@ async fn many_clients_follow_upstream_writes_and_bad_frames_only_hurt_their_send
         }
         assert_eq!(view.ids(), vec!["i0", "i1", "i2"]);
     }
+
+    // A message far larger than the socket's read buffer (8 KiB) arrives whole: a ping
+    // padded with 256 KiB of JSON whitespace is answered.
+    let (c, _) = &mut clients[0];
+    let padded = format!("[\"ping\",{{}}{}]", " ".repeat(256 << 10));
+    c.send_raw(&padded).await.expect("send");
+    loop {
+        match c.recv().await {
+            Some(Downstream::Pong) => break,
+            Some(Downstream::PokeStart(_) | Downstream::PokePart(_) | Downstream::PokeEnd(_)) => {}
+            other => panic!("expected pong, got {other:?}"),
+        }
+    }
     server.stop().await;
 }
 
@@ -421,6 +434,10 @@ async fn connection_errors_are_the_protocols() {
         }
         other => panic!("expected SchemaVersionNotSupported, got {other:?}"),
     }
+
+    // A plain GET of the sync path is told what is missing.
+    let body = reqwest_get(&format!("{}/sync/v51/connect", server.base)).await;
+    assert!(body.contains("not a WebSocket upgrade"), "{body}");
 
     // Health and metrics.
     let body = reqwest_get(&format!("{}/", server.base)).await;

@@ -9,6 +9,10 @@
 //! connections are not affected.
 #![warn(missing_docs, unreachable_pub)]
 
+mod upgrade;
+
+use upgrade::Socket;
+
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -16,8 +20,10 @@ use std::time::Duration;
 
 use futures::{SinkExt, StreamExt};
 use tokio::sync::mpsc;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use warp::Filter;
-use warp::ws::{Message, WebSocket};
 use zc_protocol::connect::{ConnectError, ConnectParams, parse_connect_path};
 use zc_protocol::messages::{
     ConnectedBody, Downstream, ErrorBody, ErrorKind, Upstream, parse_upstream,
@@ -63,14 +69,14 @@ pub async fn serve(
         .and(warp::header::optional::<String>("sec-websocket-protocol"))
         .and(warp::header::optional::<String>("cookie"))
         .and(warp::header::optional::<String>("origin"))
-        .and(warp::ws())
+        .and(upgrade::websocket())
         .map(
             move |path: warp::path::FullPath,
                   query: String,
                   protocol: Option<String>,
                   cookie: Option<String>,
                   origin: Option<String>,
-                  ws: warp::ws::Ws| {
+                  ws: upgrade::Upgrade| {
                 let syncer = syncer.clone();
                 let target = if query.is_empty() {
                     path.as_str().to_owned()
@@ -78,19 +84,12 @@ pub async fn serve(
                     format!("{}?{query}", path.as_str())
                 };
                 let echo = protocol.clone();
-                let reply = ws.max_message_size(64 << 20).on_upgrade(move |socket| {
+                ws.reply(echo, move |socket| {
                     session(socket, syncer, target, protocol, cookie, origin)
-                });
-                match echo {
-                    Some(p) => {
-                        Box::new(warp::reply::with_header(reply, "sec-websocket-protocol", p))
-                            as Box<dyn warp::Reply>
-                    }
-                    None => Box::new(reply),
-                }
+                })
             },
         );
-    let routes = health.or(metrics_route).or(sync);
+    let routes = health.or(metrics_route).or(sync).recover(upgrade::recover);
     warp::serve(routes)
         .incoming(listener)
         .graceful(shutdown)
@@ -98,13 +97,21 @@ pub async fn serve(
         .await;
 }
 
-async fn send(socket: &mut WebSocket, msg: &Downstream) -> bool {
+async fn send(socket: &mut Socket, msg: &Downstream) -> bool {
     socket.send(Message::text(msg.to_json())).await.is_ok()
 }
 
-async fn close_with_error(mut socket: WebSocket, e: ErrorBody) {
+async fn close_with_error(mut socket: Socket, e: ErrorBody) {
     let _ = send(&mut socket, &Downstream::Error(e)).await;
-    let _ = socket.close().await;
+    let _ = socket.close(None).await;
+}
+
+/// A close frame with `code` and `reason`.
+fn close_frame(code: u16, reason: impl Into<String>) -> Message {
+    Message::Close(Some(CloseFrame {
+        code: CloseCode::from(code),
+        reason: reason.into().into(),
+    }))
 }
 
 /// Parses the request; missing header means `initConnection` comes as the first message.
@@ -140,7 +147,7 @@ fn parse(
 }
 
 async fn session(
-    mut socket: WebSocket,
+    mut socket: Socket,
     syncer: Syncer,
     target: String,
     protocol: Option<String>,
@@ -154,9 +161,7 @@ async fn session(
             match e.error_body() {
                 Some(body) => close_with_error(socket, body).await,
                 None => {
-                    let _ = socket
-                        .send(Message::close_with(1002u16, e.close_reason()))
-                        .await;
+                    let _ = socket.send(close_frame(1002, e.close_reason())).await;
                 }
             }
             return;
@@ -171,7 +176,7 @@ async fn session(
         Err(e) => {
             let reason: String = e.message().chars().take(120).collect();
             let _ = send(&mut socket, &Downstream::Error(e)).await;
-            let _ = socket.send(Message::close_with(3000u16, reason)).await;
+            let _ = socket.send(close_frame(3000, reason)).await;
             return;
         }
     };
@@ -192,7 +197,7 @@ async fn session(
     if init.is_none() {
         let first = tokio::time::timeout(Duration::from_secs(60), socket.next()).await;
         match first {
-            Ok(Some(Ok(m))) if m.is_text() => match parse_upstream(m.to_str().unwrap_or("")) {
+            Ok(Some(Ok(m))) if m.is_text() => match parse_upstream(m.to_text().unwrap_or("")) {
                 Ok(Upstream::InitConnection(body)) => init = Some(body),
                 Ok(other) => {
                     close_with_error(
@@ -252,7 +257,7 @@ async fn session(
             }
             if let Some(reason) = close {
                 if let Some(reason) = reason {
-                    let _ = sink.send(Message::close_with(3000u16, reason)).await;
+                    let _ = sink.send(close_frame(3000, reason)).await;
                 }
                 break;
             }
@@ -271,7 +276,7 @@ async fn session(
                 if !frame.is_text() {
                     continue;
                 }
-                match parse_upstream(frame.to_str().unwrap_or("")) {
+                match parse_upstream(frame.to_text().unwrap_or("")) {
                     Ok(Upstream::Ping) => {
                         if out_tx.send(Downstream::Pong).await.is_err() {
                             break;
