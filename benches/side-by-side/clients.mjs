@@ -25,10 +25,29 @@ import {OPEN_ISSUES_LIMIT, WRITE_BASE, mutators, queries, schema} from './schema
 // `ws` emits 'error' as an EventEmitter event: a socket that fails after the
 // client dropped its handlers (e.g. connection refused during a retry) would
 // otherwise crash this process.
+// When each client's WebSocket last received a pokeEnd, by client ID (from the
+// connect URL): with the time of `complete`, this splits a hydration into the
+// server's part (connect → the poke that completes it has arrived) and the
+// client's (applying that poke and running the query locally).
+const lastPokeEnd = new Map();
 class BenchWebSocket extends WS {
   constructor(...args) {
     super(...args);
     this.on('error', () => {});
+    let id;
+    try {
+      id = new URL(String(args[0])).searchParams.get('clientID');
+    } catch {
+      id = undefined;
+    }
+    if (id) {
+      this.on('message', data => {
+        // Cheap prefix test: messages are JSON arrays ["<tag>", body].
+        if (data.length < 256 && data.toString('utf8', 0, 12) === '["pokeEnd",') {
+          lastPokeEnd.set(id, now());
+        }
+      });
+    }
   }
 }
 globalThis.WebSocket = BenchWebSocket;
@@ -136,6 +155,7 @@ function openOne({key, storageKey, userID}, cacheURL) {
     c.resultType = resultType;
     if (resultType === 'complete' && c.tComplete === undefined) {
       c.tComplete = t;
+      c.tPokeEnd = lastPokeEnd.get(c.z.clientID);
       c.rows = data.length;
       resolveComplete();
     }
@@ -158,6 +178,7 @@ async function open({clients: specs, cacheURL, timeoutMs}) {
       key: c.key,
       tStart: c.tStart,
       tComplete: c.tComplete,
+      tPokeEnd: c.tPokeEnd,
       rows: c.rows,
       resultType: c.resultType,
       connection: c.z.connection?.state?.current?.name,
@@ -171,6 +192,7 @@ async function close({keys}) {
   await Promise.all(
     list.map(async c => {
       clients.delete(c.key);
+      lastPokeEnd.delete(c.z.clientID);
       try {
         c.view.destroy();
       } catch {
