@@ -43,7 +43,7 @@ class BenchWebSocket extends WS {
     if (id) {
       this.on('message', data => {
         // Cheap prefix test: messages are JSON arrays ["<tag>", body].
-        if (data.length < 256 && data.toString('utf8', 0, 12) === '["pokeEnd",') {
+        if (data.length < 256 && data.toString('utf8', 0, 11) === '["pokeEnd",') {
           lastPokeEnd.set(id, now());
         }
       });

@@ -9,10 +9,6 @@
 //! connections are not affected.
 #![warn(missing_docs, unreachable_pub)]
 
-mod upgrade;
-
-use upgrade::Socket;
-
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -29,6 +25,10 @@ use zc_protocol::messages::{
     ConnectedBody, Downstream, ErrorBody, ErrorKind, Upstream, parse_upstream,
 };
 use zc_sync::{Connection, Syncer};
+
+mod upgrade;
+
+use upgrade::Socket;
 
 /// Errors of the transport.
 #[derive(Debug, thiserror::Error)]

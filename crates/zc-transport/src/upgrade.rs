@@ -19,7 +19,7 @@ pub(crate) type Socket = WebSocketStream<hyper_util::rt::TokioIo<Upgraded>>;
 /// Bytes read from the socket at a time. Larger messages still arrive whole: the buffer
 /// grows for them.
 const READ_BUFFER: usize = 8 << 10;
-/// The largest message accepted from a client (zero-cache's limit is as generous).
+/// The largest message accepted from a client (tungstenite's default, as with warp before).
 const MAX_MESSAGE: usize = 64 << 20;
 
 /// A request asking for a WebSocket, to be answered with [`Upgrade::reply`].
