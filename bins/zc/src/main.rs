@@ -93,9 +93,11 @@ fn tune_malloc() {}
 /// The trim threshold above returns only the free top of each heap. Memory freed in the
 /// middle of a heap (a burst of hydrations: pokes, CVR statements, row streams, freed
 /// around the groups' long-lived records) otherwise stays resident until it is reused:
-/// glibc has no decay of its own, as jemalloc and mimalloc have. A pass over two arenas
-/// takes well under a millisecond when little is free. `MALLOC_TRIM_THRESHOLD_` set in the
-/// environment turns the thread off, so that glibc's own policy can be chosen.
+/// glibc has no decay of its own, as jemalloc and mimalloc have. With twenty client groups
+/// (benches/side-by-side, zc alone, 10k issues, together with the smaller WebSocket read
+/// buffer) memory per group fell from ~0.6 to ~0.38 MiB; CPU per write at 150–300 writes/s
+/// (100k issues) was the same with and without the thread. `MALLOC_TRIM_THRESHOLD_` set in
+/// the environment turns the thread off, so that glibc's own policy can be chosen.
 #[cfg(all(target_os = "linux", target_env = "gnu"))]
 #[allow(unsafe_code)]
 fn spawn_malloc_trimmer() {
