@@ -24,6 +24,7 @@ import {
   filesSize,
   mib,
   now,
+  percentile,
   portAnswers,
   prng,
   round,
@@ -632,15 +633,6 @@ function hydrationSample(h) {
   };
 }
 
-function median(xs) {
-  if (xs.length === 0) {
-    return null;
-  }
-  const s = [...xs].sort((a, b) => a - b);
-  const m = Math.floor(s.length / 2);
-  return s.length % 2 ? s[m] : round((s[m - 1] + s[m]) / 2);
-}
-
 /** Opens one fresh client group and waits for its first complete hydration. */
 async function probe(ctx, timeoutMs) {
   const key = nextKey++;
@@ -755,7 +747,7 @@ async function runServer(admin, kind, size, seed) {
           r.hydrationSamples.push(hydrationSample(await probe(ctx, hydrateMs)));
         }
       });
-      const med = k => median(r.hydrationSamples.map(x => x[k]).filter(x => typeof x === 'number'));
+      const med = k => percentile(r.hydrationSamples.map(x => x[k]).filter(x => typeof x === 'number').sort((a, b) => a - b), 50);
       r.hydrationMs = med('ms');
       r.hydrationServerMs = med('serverMs');
     }
