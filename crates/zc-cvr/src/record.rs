@@ -198,11 +198,15 @@ pub struct Cvr {
     pub queries: BTreeMap<String, QueryRecord>,
     /// Desires, by (client, hash).
     pub desires: BTreeMap<(String, String), DesireRecord>,
-    /// Rows. Change them only through the methods (they keep `row_patches` in step).
+    /// Rows. Change them only through the methods (they keep `recent` in step).
     pub rows: BTreeMap<RowId, RowRecord>,
-    /// Every row by the version it last changed at, so that the changes after a recent
-    /// cookie are found without a scan of every row (tombstones included).
-    row_patches: BTreeSet<(CvrVersion, RowId)>,
+    /// The rows that changed after `recent_from`, each with the version it changed at
+    /// (a row changed twice is listed twice; its record says which is current), so that
+    /// the changes after a recent cookie are found without a scan of every row. Older
+    /// cookies, which only reconnecting clients bring, scan the rows.
+    recent: Vec<(CvrVersion, RowId)>,
+    /// Every change after this version is in `recent`.
+    recent_from: CvrVersion,
     /// Tombstones are dropped from memory once they are stored (the store keeps them for
     /// clients at older cookies): the highest version of a tombstone that may be only in
     /// the store.
@@ -225,7 +229,8 @@ impl Cvr {
             queries: BTreeMap::new(),
             desires: BTreeMap::new(),
             rows: BTreeMap::new(),
-            row_patches: BTreeSet::new(),
+            recent: Vec::new(),
+            recent_from: CvrVersion::default(),
             evicted_through: None,
             dirty: Dirty::default(),
             hashes: BTreeSet::new(),
@@ -249,7 +254,6 @@ impl Cvr {
             {
                 let patch = r.patch;
                 self.rows.remove(id);
-                self.row_patches.remove(&(patch, id.clone()));
                 self.evicted_through = self.evicted_through.max(Some(patch));
             }
         }
@@ -374,9 +378,8 @@ impl Cvr {
             refs: Refs::default(),
             patch: at,
         });
-        if record.patch != at || !self.row_patches.contains(&(at, id.clone())) {
-            self.row_patches.remove(&(record.patch, id.clone()));
-            self.row_patches.insert((at, id.clone()));
+        if record.patch != at || !self.dirty.rows.contains(id) {
+            self.recent.push((at, id.clone()));
         }
         let count = i64::from(record.refs.get(hash).copied().unwrap_or(0)) + delta;
         if count <= 0 {
@@ -403,9 +406,8 @@ impl Cvr {
     /// Notes that a held row's contents changed.
     pub fn touch_row(&mut self, id: &RowId, at: CvrVersion) {
         if let Some(r) = self.rows.get_mut(id) {
-            if r.patch != at {
-                self.row_patches.remove(&(r.patch, id.clone()));
-                self.row_patches.insert((at, id.clone()));
+            if r.patch != at || !self.dirty.rows.contains(id) {
+                self.recent.push((at, id.clone()));
             }
             r.patch = at;
             self.dirty.rows.insert(id.clone());
@@ -415,11 +417,24 @@ impl Cvr {
     /// Adds a row as the store has it (loading).
     pub(crate) fn load_row(&mut self, id: RowId, mut record: RowRecord) {
         record.refs.share(&mut self.hashes);
-        let patch = record.patch;
-        if let Some(old) = self.rows.insert(id.clone(), record) {
-            self.row_patches.remove(&(old.patch, id.clone()));
+        // Loaded rows are not in `recent`: cookies before the newest of them scan.
+        self.recent_from = self.recent_from.max(record.patch);
+        self.rows.insert(id, record);
+    }
+
+    /// Forgets which rows changed at or before `through` (no connected client is behind
+    /// it): a cookie that old then scans every row. Keeps the memory of a group whose
+    /// clients keep up to the changes of the last few versions.
+    pub fn forget_changes_through(&mut self, through: CvrVersion) {
+        if through <= self.recent_from {
+            return;
         }
-        self.row_patches.insert((patch, id));
+        self.recent_from = through;
+        self.recent.retain(|(v, _)| *v > through);
+        // A hydration's thousands of entries should not stay reserved.
+        if self.recent.capacity() > 64 && self.recent.len() < self.recent.capacity() / 4 {
+            self.recent.shrink_to(self.recent.len() * 2);
+        }
     }
 
     /// True when some query holds the row.
@@ -451,18 +466,28 @@ impl Cvr {
                     }
                 }
             }
-            // Newest first, until the cookie; then in row order.
-            Some(s) => {
+            // A recent cookie: the rows listed after it, in row order.
+            Some(s) if s >= self.recent_from => {
                 let mut ids: Vec<&RowId> = self
-                    .row_patches
+                    .recent
                     .iter()
-                    .rev()
-                    .take_while(|(v, _)| *v > s)
+                    .filter(|(v, _)| *v > s)
                     .map(|(_, id)| id)
                     .collect();
                 ids.sort_unstable();
+                ids.dedup();
                 for id in ids {
-                    if let Some(r) = self.rows.get(id) {
+                    if let Some(r) = self.rows.get(id)
+                        && r.patch > s
+                    {
+                        out.rows.push((id.clone(), !r.refs.is_empty()));
+                    }
+                }
+            }
+            // An older one: every row.
+            Some(s) => {
+                for (id, r) in &self.rows {
+                    if r.patch > s {
                         out.rows.push((id.clone(), !r.refs.is_empty()));
                     }
                 }
@@ -515,7 +540,8 @@ mod tests {
         assert_eq!(cvr.rows[&c].refs.get("q1"), Some(&4));
     }
 
-    /// `changes_since` (through the version index) equals a scan of every row.
+    /// `changes_since` (through the list of recent changes, or by a scan for older cookies)
+    /// equals a scan of every row, whatever the group forgot.
     #[test]
     fn changes_since_equals_a_scan() {
         for seed in 0..50u64 {
@@ -547,6 +573,14 @@ mod tests {
                         }
                         _ => cvr.touch_row(&id, at),
                     }
+                }
+                // Groups forget what their clients are past; a flush clears `dirty`.
+                if rng.random_bool(0.1) {
+                    cvr.dirty.rows.clear();
+                }
+                if rng.random_bool(0.05) {
+                    let through = seen[rng.random_range(0..seen.len())];
+                    cvr.forget_changes_through(through);
                 }
             }
             for since in seen {
