@@ -1028,13 +1028,16 @@ impl Destination for Replica {
         // taken: the copy workers encode in parallel, the writer only inserts.
         let inner = Arc::clone(&self.inner);
         let name = table.clone();
-        let (area, spec, batch) = tokio::task::spawn_blocking(move || {
+        let (area, spec, batch, rows) = tokio::task::spawn_blocking(move || {
             let (area, spec) = copy_target(&inner.db, &name)?;
             let batch = encode_batch(&spec, &rows)?;
-            Ok::<_, Error>((area, spec, batch))
+            Ok::<_, Error>((area, spec, batch, rows))
         })
         .await
         .map_err(Error::Writer)??;
+        // The rows are freed where they were decoded: glibc's malloc locks the arena of a
+        // block freed on another thread, and the decoding thread allocates from it all along.
+        drop(rows);
         // The batch is written behind: this returns once the write has the lock, so the
         // caller decodes and encodes its next batch while this one is inserted. The caller's
         // next batch waits for the lock, which keeps one table's batches in order, and every

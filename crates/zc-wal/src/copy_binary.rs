@@ -1,14 +1,18 @@
 //! An incremental parser for the output of `COPY … TO STDOUT (FORMAT binary)`.
 //!
 //! The data arrives in chunks that may split the header, rows and fields anywhere. The
-//! decoder keeps the unread bytes in one buffer and splits consumed bytes off its front
-//! (each field becomes a zero-copy [`Bytes`]), and it keeps the fields of a partly received
-//! row in its state, so every byte is examined once however the input is chunked.
+//! decoder keeps the unread bytes in one buffer and hands out a row once all of it is
+//! there: its fields borrowed from the buffer ([`CopyBinaryDecoder::next_row_with`], no
+//! allocation per row) or split off its front as zero-copy [`Bytes`]
+//! ([`CopyBinaryDecoder::next_row`]). A row split between chunks has its field lengths read
+//! again when more bytes arrive; its data is not looked at until then.
 //!
 //! Layout (PostgreSQL manual, "COPY", binary format): the 11-byte signature
 //! `PGCOPY\n\xff\r\n\0`, an Int32 flags field, an Int32 header extension length and that many
 //! bytes; then tuples, each an Int16 field count followed by, per field, an Int32 length
 //! (−1 for NULL) and that many bytes; then the trailer, a field count of −1.
+
+use std::ops::Range;
 
 use bytes::{Buf, Bytes, BytesMut};
 
@@ -29,18 +33,15 @@ enum State {
     #[default]
     Header,
     /// At the start of a tuple (or the trailer).
-    TupleStart,
-    /// Inside a tuple: the fields read so far and how many remain.
-    Fields {
-        fields: Vec<Option<Bytes>>,
-        remaining: usize,
-    },
+    Rows,
     /// The trailer was read.
     Done,
 }
 
 /// Incremental decoder of binary COPY data: [`push`](Self::push) chunks as they arrive,
-/// take rows with [`next_row`](Self::next_row), and call [`finish`](Self::finish) at the end.
+/// take rows with [`next_row`](Self::next_row) (owned fields) or
+/// [`next_row_with`](Self::next_row_with) (borrowed fields, no allocation), and call
+/// [`finish`](Self::finish) at the end.
 #[derive(Debug, Default)]
 pub struct CopyBinaryDecoder {
     /// Bytes received and not consumed yet.
@@ -48,6 +49,36 @@ pub struct CopyBinaryDecoder {
     state: State,
     /// Bytes consumed before the start of `buf`, for error offsets.
     consumed: usize,
+    /// Where the fields of the row at the front of `buf` are (`None`: NULL), once it is
+    /// all there.
+    fields: Vec<Option<Range<usize>>>,
+}
+
+/// The fields of one row, borrowed from the decoder's buffer.
+#[derive(Debug, Clone, Copy)]
+pub struct Fields<'a> {
+    row: &'a [u8],
+    fields: &'a [Option<Range<usize>>],
+}
+
+impl<'a> Fields<'a> {
+    /// The number of fields.
+    pub fn len(&self) -> usize {
+        self.fields.len()
+    }
+
+    /// True for a row of no fields.
+    pub fn is_empty(&self) -> bool {
+        self.fields.is_empty()
+    }
+
+    /// The fields in order: their bytes, `None` for NULL.
+    pub fn iter(&self) -> impl Iterator<Item = Option<&'a [u8]>> + 'a {
+        let row = self.row;
+        self.fields
+            .iter()
+            .map(move |f| f.clone().and_then(|r| row.get(r)))
+    }
 }
 
 impl CopyBinaryDecoder {
@@ -66,12 +97,61 @@ impl CopyBinaryDecoder {
         matches!(self.state, State::Done)
     }
 
-    /// The next complete row: one entry per field, `None` for NULL.
+    /// The next complete row: one entry per field, `None` for NULL; the fields share the
+    /// decoder's buffer (no copy).
     ///
     /// `Ok(None)` when more bytes are needed, or once the trailer was read. Malformed data
     /// (a bad signature, unknown critical flags, negative lengths other than −1, bytes after
     /// the trailer) is an error.
     pub fn next_row(&mut self) -> Result<Option<Vec<Option<Bytes>>>, DecodeError> {
+        let Some(end) = self.next_row_end()? else {
+            return Ok(None);
+        };
+        let row = self.buf.split_to(end).freeze();
+        self.consumed = self.consumed.saturating_add(end);
+        Ok(Some(
+            self.fields
+                .iter()
+                .map(|f| f.clone().map(|r| row.slice(r)))
+                .collect(),
+        ))
+    }
+
+    /// Like [`next_row`](Self::next_row), but hands the row's fields, borrowed, to `f` and
+    /// returns what it returns: nothing is allocated per row.
+    pub fn next_row_with<T>(
+        &mut self,
+        f: impl FnOnce(Fields<'_>) -> T,
+    ) -> Result<Option<T>, DecodeError> {
+        let Some(end) = self.next_row_end()? else {
+            return Ok(None);
+        };
+        let out = f(Fields {
+            row: self.buf.get(..end).unwrap_or_default(),
+            fields: &self.fields,
+        });
+        self.advance(end);
+        Ok(Some(out))
+    }
+
+    /// At the end of the data: `Ok` only when the header and the trailer were read and no
+    /// bytes remain.
+    pub fn finish(&self) -> Result<(), DecodeError> {
+        match self.state {
+            State::Header => Err(self.err(0, "binary copy data ended before its header")),
+            State::Rows => {
+                Err(self.err(self.buf.len(), "binary copy data ended before its trailer"))
+            }
+            State::Done if !self.buf.is_empty() => {
+                Err(self.err(0, "data after the binary copy trailer"))
+            }
+            State::Done => Ok(()),
+        }
+    }
+
+    /// Reads up to the next row: its length, with `fields` set, once all of it is buffered
+    /// (a row split between chunks is looked at again, lengths only, when more arrive).
+    fn next_row_end(&mut self) -> Result<Option<usize>, DecodeError> {
         loop {
             match self.state {
                 State::Header => {
@@ -79,7 +159,7 @@ impl CopyBinaryDecoder {
                         return Ok(None);
                     }
                 }
-                State::TupleStart => {
+                State::Rows => {
                     let Some(count) = self.peek_array::<2>().map(i16::from_be_bytes) else {
                         return Ok(None);
                     };
@@ -91,16 +171,8 @@ impl CopyBinaryDecoder {
                     let Ok(count) = usize::try_from(count) else {
                         return Err(self.err(0, format!("invalid field count {count}")));
                     };
-                    self.advance(2);
-                    // Each field takes at least its 4-byte length: reserve no more than the
-                    // bytes at hand can hold.
-                    let capacity = count.min(self.buf.len() / 4);
-                    self.state = State::Fields {
-                        fields: Vec::with_capacity(capacity),
-                        remaining: count,
-                    };
+                    return self.scan_fields(count);
                 }
-                State::Fields { .. } => return self.read_fields(),
                 State::Done => {
                     if !self.buf.is_empty() {
                         return Err(self.err(0, "data after the binary copy trailer"));
@@ -111,19 +183,34 @@ impl CopyBinaryDecoder {
         }
     }
 
-    /// At the end of the data: `Ok` only when the header and the trailer were read and no
-    /// bytes remain.
-    pub fn finish(&self) -> Result<(), DecodeError> {
-        match self.state {
-            State::Header => Err(self.err(0, "binary copy data ended before its header")),
-            State::TupleStart | State::Fields { .. } => {
-                Err(self.err(self.buf.len(), "binary copy data ended before its trailer"))
+    /// Finds the `count` fields of the row at the front of the buffer (after its count).
+    /// `fields` only grows with fields that arrived, whatever count the row announces.
+    fn scan_fields(&mut self, count: usize) -> Result<Option<usize>, DecodeError> {
+        self.fields.clear();
+        let mut at = 2usize;
+        for _ in 0..count {
+            let Some(len) = self.peek_array_at::<4>(at).map(i32::from_be_bytes) else {
+                return Ok(None);
+            };
+            let start = at + 4;
+            if len == -1 {
+                self.fields.push(None);
+                at = start;
+                continue;
             }
-            State::Done if !self.buf.is_empty() => {
-                Err(self.err(0, "data after the binary copy trailer"))
+            let Ok(n) = usize::try_from(len) else {
+                return Err(self.err(at, format!("invalid field length {len}")));
+            };
+            let Some(end) = start.checked_add(n) else {
+                return Err(self.err(at, "field too long"));
+            };
+            if end > self.buf.len() {
+                return Ok(None);
             }
-            State::Done => Ok(()),
+            self.fields.push(Some(start..end));
+            at = end;
         }
+        Ok(Some(at))
     }
 
     fn err(&self, at: usize, reason: impl Into<String>) -> DecodeError {
@@ -178,51 +265,8 @@ impl CopyBinaryDecoder {
             return Ok(false);
         }
         self.advance(total);
-        self.state = State::TupleStart;
+        self.state = State::Rows;
         Ok(true)
-    }
-
-    /// Reads the fields of the current tuple that are buffered; returns the row once all
-    /// are there.
-    fn read_fields(&mut self) -> Result<Option<Vec<Option<Bytes>>>, DecodeError> {
-        loop {
-            let State::Fields { remaining, .. } = &self.state else {
-                return Ok(None);
-            };
-            if *remaining == 0 {
-                let State::Fields { fields, .. } =
-                    std::mem::replace(&mut self.state, State::TupleStart)
-                else {
-                    return Ok(None);
-                };
-                return Ok(Some(fields));
-            }
-            let Some(len) = self.peek_array::<4>().map(i32::from_be_bytes) else {
-                return Ok(None);
-            };
-            let field = if len == -1 {
-                self.advance(4);
-                None
-            } else {
-                let Ok(n) = usize::try_from(len) else {
-                    return Err(self.err(0, format!("invalid field length {len}")));
-                };
-                let Some(total) = n.checked_add(4) else {
-                    return Err(self.err(0, "field too long"));
-                };
-                if self.buf.len() < total {
-                    return Ok(None);
-                }
-                self.advance(4);
-                let data = self.buf.split_to(n).freeze();
-                self.consumed = self.consumed.saturating_add(n);
-                Some(data)
-            };
-            if let State::Fields { fields, remaining } = &mut self.state {
-                fields.push(field);
-                *remaining = remaining.saturating_sub(1);
-            }
-        }
     }
 }
 
@@ -264,8 +308,26 @@ mod tests {
         encode_with(&[], rows)
     }
 
-    /// Feeds the chunks one by one, draining rows after each, then finishes.
+    /// Feeds the chunks one by one, draining rows after each (borrowed), then finishes.
     fn decode_chunks<'a>(chunks: impl IntoIterator<Item = &'a [u8]>) -> Result<Rows, DecodeError> {
+        let mut d = CopyBinaryDecoder::new();
+        let mut out = Vec::new();
+        for chunk in chunks {
+            d.push(chunk);
+            while let Some(row) =
+                d.next_row_with(|f| f.iter().map(|f| f.map(<[u8]>::to_vec)).collect())?
+            {
+                out.push(row);
+            }
+        }
+        d.finish()?;
+        Ok(out)
+    }
+
+    /// The same with owned rows.
+    fn decode_chunks_owned<'a>(
+        chunks: impl IntoIterator<Item = &'a [u8]>,
+    ) -> Result<Rows, DecodeError> {
         let mut d = CopyBinaryDecoder::new();
         let mut out = Vec::new();
         for chunk in chunks {
@@ -279,7 +341,10 @@ mod tests {
     }
 
     fn decode_in_chunks(bytes: &[u8], size: usize) -> Result<Rows, DecodeError> {
-        decode_chunks(bytes.chunks(size.max(1)))
+        let borrowed = decode_chunks(bytes.chunks(size.max(1)));
+        let owned = decode_chunks_owned(bytes.chunks(size.max(1)));
+        assert_eq!(borrowed, owned, "both ways agree, errors included");
+        borrowed
     }
 
     fn sample() -> Rows {

@@ -19,7 +19,7 @@ use tracing::info;
 use zc_types::{ColumnSpec, Lsn, Row, TableSpec, TypeKind, Value};
 
 use crate::config::{ConnParts, WalConfig};
-use crate::copy_binary::CopyBinaryDecoder;
+use crate::copy_binary::{CopyBinaryDecoder, Fields};
 use crate::destination::{Destination, SyncState, Watermark};
 use crate::error::{Error, Result, query_err};
 use crate::pg_value::{binary_supported, decode_binary, parse_text};
@@ -234,13 +234,17 @@ async fn copy_table<D: Destination>(
         .await
         .map_err(|e| copy_err(Box::new(e)))?;
     let mut decoder = CopyBinaryDecoder::new();
+    let binary: Vec<bool> = spec.columns.iter().map(copied_as_binary).collect();
     let mut batch: Vec<Row> = Vec::with_capacity(batch_rows.min(100_000));
     let mut count = 0u64;
     while let Some(chunk) = stream.next().await {
         let chunk = chunk.map_err(|e| copy_err(Box::new(e)))?;
         decoder.push(&chunk);
-        while let Some(fields) = decoder.next_row().map_err(|e| copy_err(Box::new(e)))? {
-            batch.push(to_row(spec, fields)?);
+        while let Some(row) = decoder
+            .next_row_with(|fields| to_row(spec, &binary, fields))
+            .map_err(|e| copy_err(Box::new(e)))?
+        {
+            batch.push(row?);
             if batch.len() >= batch_rows {
                 count += batch.len() as u64;
                 progress
@@ -272,7 +276,8 @@ async fn copy_table<D: Destination>(
     Ok(())
 }
 
-fn to_row(spec: &TableSpec, fields: Vec<Option<bytes::Bytes>>) -> Result<Row> {
+/// A COPY row as the replica stores it; `binary[i]`: column `i` was copied in binary form.
+fn to_row(spec: &TableSpec, binary: &[bool], fields: Fields<'_>) -> Result<Row> {
     if fields.len() != spec.columns.len() {
         return Err(Error::Copy {
             table: spec.name.clone(),
@@ -284,29 +289,28 @@ fn to_row(spec: &TableSpec, fields: Vec<Option<bytes::Bytes>>) -> Result<Row> {
             .into(),
         });
     }
-    fields
-        .into_iter()
-        .zip(&spec.columns)
-        .map(|(field, col)| {
-            let Some(bytes) = field else {
-                return Ok(Value::Null);
-            };
-            let kind = &col.pg_type.kind;
-            let value = if copied_as_binary(col) {
-                decode_binary(kind, &bytes)
-            } else {
-                match std::str::from_utf8(&bytes) {
-                    Ok(text) => parse_text(kind, text),
-                    Err(_) => Ok(Value::Bytes(bytes.to_vec())),
-                }
-            };
-            value.map_err(|source| Error::Value {
-                table: spec.name.clone(),
-                column: col.name.clone(),
-                source,
-            })
-        })
-        .collect()
+    let mut row = Vec::with_capacity(spec.columns.len());
+    for ((field, col), &binary) in fields.iter().zip(&spec.columns).zip(binary) {
+        let Some(bytes) = field else {
+            row.push(Value::Null);
+            continue;
+        };
+        let kind = &col.pg_type.kind;
+        let value = if binary {
+            decode_binary(kind, bytes)
+        } else {
+            match std::str::from_utf8(bytes) {
+                Ok(text) => parse_text(kind, text),
+                Err(_) => Ok(Value::Bytes(bytes.to_vec())),
+            }
+        };
+        row.push(value.map_err(|source| Error::Value {
+            table: spec.name.clone(),
+            column: col.name.clone(),
+            source,
+        })?);
+    }
+    Ok(row)
 }
 
 /// Copies one table again at a new snapshot (after its columns changed upstream) and swaps
