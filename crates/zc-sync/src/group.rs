@@ -85,7 +85,8 @@ pub(crate) struct Group {
     /// The AST each live query runs.
     resolved: HashMap<String, Ast>,
     /// The current value of every row the group holds (shared with the pipelines). A tree
-    /// rather than a hash map: it has no empty slots, and a group has one per connection.
+    /// rather than a hash map, which keeps up to half its slots empty: every client group
+    /// has one of these.
     values: BTreeMap<RowId, Arc<Row>>,
     /// The CVR's queries have been hydrated into pipelines since the group was loaded.
     resumed: bool,
