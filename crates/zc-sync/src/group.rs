@@ -8,7 +8,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use serde_json::Value as Json;
 use tokio::sync::mpsc;
@@ -91,7 +91,20 @@ pub(crate) struct Group {
     /// The CVR's queries have been hydrated into pipelines since the group was loaded.
     resumed: bool,
     poke_seq: u64,
+    /// When the group last poked its clients (see [`POKE_PACE`]).
+    last_poke: Option<Instant>,
+    /// Replica versions wait until then: the group poked less than [`POKE_PACE`] ago.
+    paced_until: Option<Instant>,
+    /// The step taken from the channel when the pacing began (`None` inside: the hub
+    /// dropped the group).
+    held: Option<Option<Arc<Step>>>,
 }
+
+/// The least time between two pokes of a group for replica changes. Every poke costs each
+/// client a merge and a run of its views, which at a few hundred transactions a second
+/// takes more CPU than the server; paced, the transactions of those milliseconds go out as
+/// one poke (and one CVR flush). Changes further apart than this are not delayed.
+const POKE_PACE: Duration = Duration::from_millis(10);
 
 fn error_chain(e: &dyn std::error::Error) -> String {
     let mut text = e.to_string();
@@ -164,6 +177,9 @@ impl Group {
             values: BTreeMap::new(),
             resumed: false,
             poke_seq: 0,
+            last_poke: None,
+            paced_until: None,
+            held: None,
         };
         let mut versions = shared.replica.subscribe();
         let idle = Duration::from_secs(30);
@@ -175,23 +191,27 @@ impl Group {
                     Some(msg) => group.handle(msg).await,
                     None => break,
                 },
-                changed = versions.changed() => {
+                changed = versions.changed(), if group.paced_until.is_none() => {
                     if changed.is_err() {
                         break;
                     }
-                    // The first group to see a new version advances the shared pipelines.
-                    let hub = Arc::clone(&group.shared);
-                    if let Err(e) = tokio::task::block_in_place(|| hub.hub.advance(&hub.replica)) {
-                        group.fail(ErrorBody::internal(e.to_string())).await;
-                    } else if let Err(e) = group.advance(None).await {
+                    if !group.pace(None) {
+                        group.advance_hub_and_self(None).await;
+                    }
+                }
+                step = group.steps.recv(), if group.paced_until.is_none() => {
+                    // `None`: the hub dropped this group for lagging; `advance` rejoins.
+                    if !group.pace(Some(step.clone()))
+                        && let Err(e) = group.advance(step).await
+                    {
                         group.fail(e).await;
                     }
                 }
-                step = group.steps.recv() => {
-                    // `None`: the hub dropped this group for lagging; `advance` rejoins.
-                    if let Err(e) = group.advance(step).await {
-                        group.fail(e).await;
-                    }
+                _ = tokio::time::sleep_until(group.paced_until.unwrap_or_else(Instant::now).into()),
+                    if group.paced_until.is_some() => {
+                    group.paced_until = None;
+                    let held = group.held.take().flatten();
+                    group.advance_hub_and_self(held).await;
                 }
                 _ = tokio::time::sleep(expiry_wait(expiry)), if expiry.is_some() => {
                     if let Err(e) = group.expire().await {
@@ -211,6 +231,32 @@ impl Group {
             }
         }
         shared.forget(&group.id);
+    }
+
+    /// Starts a pause before the next poke if the last one was less than [`POKE_PACE`]
+    /// ago, holding `step` (what the channel gave, if anything) for then; false if the
+    /// group may poke now.
+    fn pace(&mut self, step: Option<Option<Arc<Step>>>) -> bool {
+        let Some(due) = self.last_poke.map(|t| t + POKE_PACE) else {
+            return false;
+        };
+        if due <= Instant::now() {
+            return false;
+        }
+        self.paced_until = Some(due);
+        self.held = step;
+        true
+    }
+
+    /// Brings the shared pipelines to the replica's latest version (the first group to see
+    /// a new version does), then applies this group's steps (`first`, then the queued ones).
+    async fn advance_hub_and_self(&mut self, first: Option<Arc<Step>>) {
+        let hub = Arc::clone(&self.shared);
+        if let Err(e) = tokio::task::block_in_place(|| hub.hub.advance(&hub.replica)) {
+            self.fail(ErrorBody::internal(e.to_string())).await;
+        } else if let Err(e) = self.advance(first).await {
+            self.fail(e).await;
+        }
     }
 
     async fn handle(&mut self, msg: GroupMsg) {
@@ -1506,6 +1552,7 @@ impl Group {
                 self.clients.remove(&name);
             }
         }
+        self.last_poke = Some(Instant::now());
         // The record need not list the changes no connected client is behind any more.
         let oldest = self
             .clients
