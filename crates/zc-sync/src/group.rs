@@ -95,9 +95,9 @@ pub(crate) struct Group {
     last_poke: Option<Instant>,
     /// Replica versions wait until then: the group poked less than [`POKE_PACE`] ago.
     paced_until: Option<Instant>,
-    /// The step taken from the channel when the pacing began (`None` inside: the hub
-    /// dropped the group).
-    held: Option<Option<Arc<Step>>>,
+    /// The step taken from the channel when the pacing began (after the pause, `advance`
+    /// drains the rest, or rejoins if the hub dropped the group).
+    held: Option<Arc<Step>>,
 }
 
 /// The least time between two pokes of a group for replica changes. Every poke costs each
@@ -201,7 +201,7 @@ impl Group {
                 }
                 step = group.steps.recv(), if group.paced_until.is_none() => {
                     // `None`: the hub dropped this group for lagging; `advance` rejoins.
-                    if !group.pace(Some(step.clone()))
+                    if !group.pace(step.clone())
                         && let Err(e) = group.advance(step).await
                     {
                         group.fail(e).await;
@@ -210,7 +210,7 @@ impl Group {
                 _ = tokio::time::sleep_until(group.paced_until.unwrap_or_else(Instant::now).into()),
                     if group.paced_until.is_some() => {
                     group.paced_until = None;
-                    let held = group.held.take().flatten();
+                    let held = group.held.take();
                     group.advance_hub_and_self(held).await;
                 }
                 _ = tokio::time::sleep(expiry_wait(expiry)), if expiry.is_some() => {
@@ -236,7 +236,7 @@ impl Group {
     /// Starts a pause before the next poke if the last one was less than [`POKE_PACE`]
     /// ago, holding `step` (what the channel gave, if anything) for then; false if the
     /// group may poke now.
-    fn pace(&mut self, step: Option<Option<Arc<Step>>>) -> bool {
+    fn pace(&mut self, step: Option<Arc<Step>>) -> bool {
         let Some(due) = self.last_poke.map(|t| t + POKE_PACE) else {
             return false;
         };
