@@ -29,16 +29,32 @@ impl RowId {
 }
 
 /// A row's reference count per query hash. Rows are held by few queries (mostly one), so
-/// this is a short vector sorted by hash, whose hash strings the group shares.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
-pub struct Refs(Vec<(Arc<str>, u32)>);
+/// this is a short list sorted by hash, whose hash strings the group shares; a single
+/// entry is kept inline, without an allocation of its own.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refs(RefList);
+
+/// The entries of [`Refs`]: `One` exactly when there is one (so that equal lists are
+/// equal values), else `Many`, sorted by hash.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum RefList {
+    One([(Arc<str>, u32); 1]),
+    Many(Vec<(Arc<str>, u32)>),
+}
+
+impl Default for Refs {
+    fn default() -> Refs {
+        Refs(RefList::Many(Vec::new()))
+    }
+}
 
 impl Refs {
     /// The count of `hash`.
     pub fn get(&self, hash: &str) -> Option<&u32> {
+        let list = self.as_slice();
         self.find(hash)
             .ok()
-            .and_then(|i| self.0.get(i))
+            .and_then(|i| list.get(i))
             .map(|(_, n)| n)
     }
 
@@ -47,27 +63,52 @@ impl Refs {
     }
 
     pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
+        self.as_slice().is_empty()
     }
 
     /// `(hash, count)` in hash order.
     pub fn iter(&self) -> impl Iterator<Item = (&str, u32)> {
-        self.0.iter().map(|(h, n)| (&**h, *n))
+        self.as_slice().iter().map(|(h, n)| (&**h, *n))
+    }
+
+    fn as_slice(&self) -> &[(Arc<str>, u32)] {
+        match &self.0 {
+            RefList::One(one) => one,
+            RefList::Many(many) => many,
+        }
+    }
+
+    fn as_mut_slice(&mut self) -> &mut [(Arc<str>, u32)] {
+        match &mut self.0 {
+            RefList::One(one) => one,
+            RefList::Many(many) => many,
+        }
     }
 
     /// Sets the count of `hash` (`hash` is called only for a hash not held yet).
     fn set(&mut self, hash: &str, count: u32, shared: impl FnOnce() -> Arc<str>) {
         match self.find(hash) {
             Ok(i) => {
-                if let Some(slot) = self.0.get_mut(i) {
+                if let Some(slot) = self.as_mut_slice().get_mut(i) {
                     slot.1 = count;
                 }
             }
             Err(i) => {
-                // Most rows are held by one query: a first insert would otherwise allocate
-                // room for four.
-                self.0.reserve_exact(1);
-                self.0.insert(i, (shared(), count));
+                let entry = (shared(), count);
+                let list = std::mem::take(self);
+                self.0 = match list.0 {
+                    RefList::Many(many) if many.is_empty() => RefList::One([entry]),
+                    RefList::One([first]) => {
+                        let mut many = Vec::with_capacity(2);
+                        many.push(first);
+                        many.insert(i, entry);
+                        RefList::Many(many)
+                    }
+                    RefList::Many(mut many) => {
+                        many.insert(i, entry);
+                        RefList::Many(many)
+                    }
+                };
             }
         }
     }
@@ -75,7 +116,7 @@ impl Refs {
     /// Replaces each hash string with the one in `set` (adding it there when new), so that
     /// rows loaded from the store share one string per hash as `adjust_row`'s do.
     fn share(&mut self, set: &mut BTreeSet<Arc<str>>) {
-        for (hash, _) in &mut self.0 {
+        for (hash, _) in self.as_mut_slice() {
             match set.get(&**hash) {
                 Some(shared) => *hash = Arc::clone(shared),
                 None => {
@@ -86,13 +127,32 @@ impl Refs {
     }
 
     fn remove(&mut self, hash: &str) {
-        if let Ok(i) = self.find(hash) {
-            self.0.remove(i);
-        }
+        let Ok(i) = self.find(hash) else {
+            return;
+        };
+        let list = std::mem::take(self);
+        self.0 = match list.0 {
+            RefList::One(_) => RefList::Many(Vec::new()),
+            RefList::Many(mut many) => {
+                many.remove(i);
+                Refs::from_sorted(many).0
+            }
+        };
     }
 
     fn find(&self, hash: &str) -> Result<usize, usize> {
-        self.0.binary_search_by(|(h, _)| (**h).cmp(hash))
+        self.as_slice().binary_search_by(|(h, _)| (**h).cmp(hash))
+    }
+
+    /// A list already sorted by hash, without duplicates.
+    fn from_sorted(mut list: Vec<(Arc<str>, u32)>) -> Refs {
+        if list.len() == 1
+            && let Some(one) = list.pop()
+        {
+            return Refs(RefList::One([one]));
+        }
+        list.shrink_to_fit();
+        Refs(RefList::Many(list))
     }
 }
 
@@ -101,8 +161,7 @@ impl FromIterator<(String, u32)> for Refs {
         let mut refs: Vec<(Arc<str>, u32)> = iter.into_iter().map(|(h, n)| (h.into(), n)).collect();
         refs.sort_unstable();
         refs.dedup_by(|a, b| a.0 == b.0);
-        refs.shrink_to_fit();
-        Refs(refs)
+        Refs::from_sorted(refs)
     }
 }
 
@@ -110,8 +169,9 @@ impl serde::Serialize for Refs {
     /// As a JSON object from hash to count (what the store keeps).
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         use serde::ser::SerializeMap;
-        let mut map = s.serialize_map(Some(self.0.len()))?;
-        for (h, n) in &self.0 {
+        let list = self.as_slice();
+        let mut map = s.serialize_map(Some(list.len()))?;
+        for (h, n) in list {
             map.serialize_entry(&**h, n)?;
         }
         map.end()
@@ -518,7 +578,7 @@ mod tests {
         let refs = &cvr.rows[&a].refs;
         assert_eq!(refs.iter().collect::<Vec<_>>(), vec![("q1", 2), ("q2", 1)]);
         assert_eq!(serde_json::to_string(refs).unwrap(), r#"{"q1":2,"q2":1}"#);
-        let shared = |id: &RowId| Arc::as_ptr(&cvr.rows[id].refs.0[0].0);
+        let shared = |id: &RowId| Arc::as_ptr(&cvr.rows[id].refs.as_slice()[0].0);
         assert_eq!(shared(&a), shared(&b), "one string for q1");
         assert!(cvr.adjust_row(&a, "q1", -2, at), "q2 still holds it");
         assert_eq!(cvr.rows[&a].refs.get("q1"), None);
@@ -535,9 +595,44 @@ mod tests {
         };
         let c = RowId::new("t", "{\"id\":3}");
         cvr.load_row(c.clone(), record(4));
-        let q1 = |id: &RowId| Arc::as_ptr(&cvr.rows[id].refs.0[0].0);
+        let q1 = |id: &RowId| Arc::as_ptr(&cvr.rows[id].refs.as_slice()[0].0);
         assert_eq!(q1(&b), q1(&c), "a loaded row shares q1");
         assert_eq!(cvr.rows[&c].refs.get("q1"), Some(&4));
+    }
+
+    /// Setting and removing counts in any order keeps the list sorted and equal to a map
+    /// of the same counts, with a single entry inline.
+    #[test]
+    fn refs_follow_a_map_of_counts() {
+        for seed in 0..50u64 {
+            let mut rng = StdRng::seed_from_u64(seed);
+            let mut refs = Refs::default();
+            let mut model: BTreeMap<String, u32> = BTreeMap::new();
+            for _ in 0..40 {
+                let hash = format!("q{}", rng.random_range(0..4));
+                if rng.random_bool(0.4) {
+                    refs.remove(&hash);
+                    model.remove(&hash);
+                } else {
+                    let n = rng.random_range(1..10);
+                    refs.set(&hash, n, || Arc::from(hash.as_str()));
+                    model.insert(hash.clone(), n);
+                }
+                let expected: Vec<(&str, u32)> =
+                    model.iter().map(|(h, n)| (h.as_str(), *n)).collect();
+                assert_eq!(refs.iter().collect::<Vec<_>>(), expected, "seed {seed}");
+                let collected: Refs = model.iter().map(|(h, n)| (h.clone(), *n)).collect();
+                assert_eq!(refs, collected, "seed {seed}");
+                assert_eq!(
+                    matches!(refs.0, RefList::One(_)),
+                    model.len() == 1,
+                    "seed {seed}"
+                );
+                for h in ["q0", "q1", "q2", "q3"] {
+                    assert_eq!(refs.get(h), model.get(h), "seed {seed}");
+                }
+            }
+        }
     }
 
     /// `changes_since` (through the list of recent changes, or by a scan for older cookies)

@@ -138,7 +138,10 @@ impl Drop for Group {
 impl Group {
     /// Runs the actor until it has had no clients for a while.
     pub(crate) async fn run(shared: Arc<Shared>, id: String, mut rx: mpsc::Receiver<GroupMsg>) {
-        let cvr = match shared.cvr.load(&id).await {
+        // The awaits of this loop are boxed: the task lives as long as the group, and an
+        // inline future would keep room for the largest of them (a CVR load or flush) for
+        // all that time.
+        let cvr = match Box::pin(shared.cvr.load(&id)).await {
             Ok(c) => c,
             Err(e) => {
                 tracing::error!(group = %id, error = %e, "could not load the client view record");
@@ -188,7 +191,7 @@ impl Group {
             let idle_now = group.clients.is_empty();
             tokio::select! {
                 msg = rx.recv() => match msg {
-                    Some(msg) => group.handle(msg).await,
+                    Some(msg) => Box::pin(group.handle(msg)).await,
                     None => break,
                 },
                 changed = versions.changed(), if group.paced_until.is_none() => {
@@ -196,33 +199,33 @@ impl Group {
                         break;
                     }
                     if !group.pace(None) {
-                        group.advance_hub_and_self(None).await;
+                        Box::pin(group.advance_hub_and_self(None)).await;
                     }
                 }
                 step = group.steps.recv(), if group.paced_until.is_none() => {
                     // `None`: the hub dropped this group for lagging; `advance` rejoins.
                     if !group.pace(step.clone())
-                        && let Err(e) = group.advance(step).await
+                        && let Err(e) = Box::pin(group.advance(step)).await
                     {
-                        group.fail(e).await;
+                        Box::pin(group.fail(e)).await;
                     }
                 }
                 _ = tokio::time::sleep_until(group.paced_until.unwrap_or_else(Instant::now).into()),
                     if group.paced_until.is_some() => {
                     group.paced_until = None;
                     let held = group.held.take();
-                    group.advance_hub_and_self(held).await;
+                    Box::pin(group.advance_hub_and_self(held)).await;
                 }
                 _ = tokio::time::sleep(expiry_wait(expiry)), if expiry.is_some() => {
-                    if let Err(e) = group.expire().await {
-                        group.fail(e).await;
+                    if let Err(e) = Box::pin(group.expire()).await {
+                        Box::pin(group.fail(e)).await;
                     }
                 }
                 _ = tokio::time::sleep(idle), if idle_now => {
                     // Idle: leave; the service starts a new actor on the next connect.
                     rx.close();
                     while let Ok(msg) = rx.try_recv() {
-                        group.handle(msg).await;
+                        Box::pin(group.handle(msg)).await;
                     }
                     if group.clients.is_empty() {
                         break;
@@ -1826,5 +1829,25 @@ mod tests {
         let mut small = PokePartBody::new("p2");
         small.rows_patch = Some((0..POKE_PART_ROWS).map(put).collect());
         assert_eq!(split_part(small).len(), 1);
+    }
+}
+
+#[cfg(test)]
+mod task_size {
+    use super::*;
+
+    fn future_size<F, Fut>(_: F) -> usize
+    where
+        F: FnOnce(Arc<Shared>, String, mpsc::Receiver<GroupMsg>) -> Fut,
+    {
+        std::mem::size_of::<Fut>()
+    }
+
+    /// A group's task lives as long as the group: its future must not keep room for the
+    /// largest thing the group ever awaits (8 KiB before those awaits were boxed).
+    #[test]
+    fn the_group_task_stays_small() {
+        let size = future_size(Group::run);
+        assert!(size < 4096, "Group::run's future is {size} bytes");
     }
 }
