@@ -630,6 +630,10 @@ function hydrationSample(h) {
   return {
     ms: round(h.tComplete - h.tStart),
     serverMs: typeof h.tPokeEnd === 'number' ? round(h.tPokeEnd - h.tStart) : null,
+    // Within the server part: the client's start-up until it created its WebSocket, and
+    // from then until the socket's first message (the server's `connected`).
+    socketMs: typeof h.tSocket === 'number' ? round(h.tSocket - h.tStart) : null,
+    firstMessageMs: typeof h.tFirstMessage === 'number' ? round(h.tFirstMessage - h.tStart) : null,
   };
 }
 

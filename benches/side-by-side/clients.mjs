@@ -30,6 +30,11 @@ import {OPEN_ISSUES_LIMIT, WRITE_BASE, mutators, queries, schema} from './schema
 // server's part (connect → the poke that completes it has arrived) and the
 // client's (applying that poke and running the query locally).
 const lastPokeEnd = new Map();
+// When each client last created its WebSocket, and when that socket's first message
+// arrived: the server part above then splits into the client's own start-up, the
+// socket's opening and the server's answer.
+const socketAt = new Map();
+const firstMessageAt = new Map();
 class BenchWebSocket extends WS {
   constructor(...args) {
     super(...args);
@@ -41,7 +46,12 @@ class BenchWebSocket extends WS {
       id = undefined;
     }
     if (id) {
+      socketAt.set(id, now());
+      firstMessageAt.delete(id);
       this.on('message', data => {
+        if (!firstMessageAt.has(id)) {
+          firstMessageAt.set(id, now());
+        }
         // Cheap prefix test: messages are JSON arrays ["<tag>", body].
         if (data.length < 256 && data.toString('utf8', 0, 11) === '["pokeEnd",') {
           lastPokeEnd.set(id, now());
@@ -156,6 +166,8 @@ function openOne({key, storageKey, userID}, cacheURL) {
     if (resultType === 'complete' && c.tComplete === undefined) {
       c.tComplete = t;
       c.tPokeEnd = lastPokeEnd.get(c.z.clientID);
+      c.tSocket = socketAt.get(c.z.clientID);
+      c.tFirstMessage = firstMessageAt.get(c.z.clientID);
       c.rows = data.length;
       resolveComplete();
     }
@@ -179,6 +191,8 @@ async function open({clients: specs, cacheURL, timeoutMs}) {
       tStart: c.tStart,
       tComplete: c.tComplete,
       tPokeEnd: c.tPokeEnd,
+      tSocket: c.tSocket,
+      tFirstMessage: c.tFirstMessage,
       rows: c.rows,
       resultType: c.resultType,
       connection: c.z.connection?.state?.current?.name,
@@ -193,6 +207,8 @@ async function close({keys}) {
     list.map(async c => {
       clients.delete(c.key);
       lastPokeEnd.delete(c.z.clientID);
+      socketAt.delete(c.z.clientID);
+      firstMessageAt.delete(c.z.clientID);
       try {
         c.view.destroy();
       } catch {

@@ -141,8 +141,16 @@ impl Group {
         // The awaits of this loop are boxed: the task lives as long as the group, and an
         // inline future would keep room for the largest of them (a CVR load or flush) for
         // all that time.
+        let load_started = std::time::Instant::now();
         let cvr = match Box::pin(shared.cvr.load(&id)).await {
-            Ok(c) => c,
+            Ok(c) => {
+                tracing::trace!(
+                    group = %id,
+                    load_ms = load_started.elapsed().as_secs_f64() * 1e3,
+                    "client view record loaded"
+                );
+                c
+            }
             Err(e) => {
                 tracing::error!(group = %id, error = %e, "could not load the client view record");
                 // Tell whoever is waiting.
@@ -391,6 +399,7 @@ impl Group {
         };
         // A new connection's credential is checked by the query endpoint first, as
         // zero-cache does with an empty transform request.
+        let check_started = std::time::Instant::now();
         if creds.token.is_some()
             && !self.shared.verifier.is_jwt()
             && self.shared.forwarder.has_query_url()
@@ -399,6 +408,11 @@ impl Group {
             let _ = out.send(Downstream::Error(e)).await;
             return Ok(());
         }
+        tracing::trace!(
+            group = %self.id,
+            check_ms = check_started.elapsed().as_secs_f64() * 1e3,
+            "connection's credential checked"
+        );
         if let Some(old) = self.clients.insert(
             client.clone(),
             Client {
@@ -1830,11 +1844,6 @@ mod tests {
         small.rows_patch = Some((0..POKE_PART_ROWS).map(put).collect());
         assert_eq!(split_part(small).len(), 1);
     }
-}
-
-#[cfg(test)]
-mod task_size {
-    use super::*;
 
     fn future_size<F, Fut>(_: F) -> usize
     where
