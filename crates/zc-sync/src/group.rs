@@ -141,7 +141,7 @@ impl Group {
         // The awaits of this loop are boxed: the task lives as long as the group, and an
         // inline future would keep room for the largest of them (a CVR load or flush) for
         // all that time.
-        let load_started = std::time::Instant::now();
+        let load_started = Instant::now();
         let cvr = match Box::pin(shared.cvr.load(&id)).await {
             Ok(c) => {
                 tracing::trace!(
@@ -206,13 +206,13 @@ impl Group {
                     if changed.is_err() {
                         break;
                     }
-                    if !group.pace(None) {
+                    if !group.pace(&mut None) {
                         Box::pin(group.advance_hub_and_self(None)).await;
                     }
                 }
-                step = group.steps.recv(), if group.paced_until.is_none() => {
+                mut step = group.steps.recv(), if group.paced_until.is_none() => {
                     // `None`: the hub dropped this group for lagging; `advance` rejoins.
-                    if !group.pace(step.clone())
+                    if !group.pace(&mut step)
                         && let Err(e) = Box::pin(group.advance(step)).await
                     {
                         Box::pin(group.fail(e)).await;
@@ -245,9 +245,9 @@ impl Group {
     }
 
     /// Starts a pause before the next poke if the last one was less than [`POKE_PACE`]
-    /// ago, holding `step` (what the channel gave, if anything) for then; false if the
-    /// group may poke now.
-    fn pace(&mut self, step: Option<Arc<Step>>) -> bool {
+    /// ago, taking `step` (what the channel gave, if anything) to hold for then; false
+    /// (and `step` left alone) if the group may poke now.
+    fn pace(&mut self, step: &mut Option<Arc<Step>>) -> bool {
         let Some(due) = self.last_poke.map(|t| t + POKE_PACE) else {
             return false;
         };
@@ -255,7 +255,7 @@ impl Group {
             return false;
         }
         self.paced_until = Some(due);
-        self.held = step;
+        self.held = step.take();
         true
     }
 
@@ -399,7 +399,7 @@ impl Group {
         };
         // A new connection's credential is checked by the query endpoint first, as
         // zero-cache does with an empty transform request.
-        let check_started = std::time::Instant::now();
+        let check_started = Instant::now();
         if creds.token.is_some()
             && !self.shared.verifier.is_jwt()
             && self.shared.forwarder.has_query_url()
@@ -1180,7 +1180,7 @@ impl Group {
             }
         }
         let creds = self.creds(client);
-        let started = std::time::Instant::now();
+        let started = Instant::now();
         let resolved = self.resolve(&creds, &added, Some(client)).await;
         let resolved_at = started.elapsed();
         let mut rows = 0usize;
@@ -1541,7 +1541,7 @@ impl Group {
     /// cookie the CVR does not have; if the write fails, the group fails and its clients
     /// drop the unfinished pokes with the connection.
     async fn commit_and_poke(&mut self, meta: &Meta, fresh: Option<&str>) -> Result<(), ErrorBody> {
-        let started = std::time::Instant::now();
+        let started = Instant::now();
         let ends = self.poke_all(meta, fresh).await;
         let poked_at = started.elapsed();
         self.commit().await?;
