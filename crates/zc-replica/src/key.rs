@@ -53,6 +53,18 @@ pub fn encode_value(out: &mut Vec<u8>, value: &Value) {
     }
 }
 
+/// The length of [`encode_value`]'s output for `value`, exact unless a string or byte value
+/// holds zero bytes (each adds one escape byte): for sizing a buffer once.
+pub fn encoded_len(value: &Value) -> usize {
+    match value {
+        Value::Null => 1,
+        Value::Bool(_) => 2,
+        Value::Int(_) | Value::Float(_) => 9,
+        Value::Text(s) | Value::Json(s) => s.len() + 3,
+        Value::Bytes(b) => b.len() + 3,
+    }
+}
+
 fn escaped(out: &mut Vec<u8>, tag: u8, bytes: &[u8]) {
     out.reserve(bytes.len() + 3);
     out.push(tag);

@@ -522,7 +522,8 @@ fn write_watermark(txn: &WriteTransaction, mark: Watermark) -> Result<()> {
 }
 
 fn encode_stored_row(version: u64, row: &[Value]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(8 + row.len() * 8);
+    // Sized once: a row's text would otherwise grow the buffer a few times over.
+    let mut out = Vec::with_capacity(8 + row.iter().map(key::encoded_len).sum::<usize>());
     out.extend_from_slice(&version.to_be_bytes());
     for v in row {
         key::encode_value(&mut out, v);
@@ -624,43 +625,86 @@ fn put_row_in(
 
 /// A batch of copied rows, encoded for storage: the rows sorted by key, and each index's
 /// entries sorted. Built outside the writer lock (see [`Destination::copy_rows`]).
+///
+/// Keys and values share one buffer: two allocations per row, made on the encoding thread and
+/// freed on the writer's, made glibc's malloc lock arenas against each other in the copy.
 struct EncodedBatch {
-    /// (key, stored value without its 8-byte version prefix filled in yet)
-    rows: Vec<(Vec<u8>, Vec<u8>)>,
+    /// Each row's key, then its stored value (whose 8-byte version prefix is filled in when
+    /// it is written), back to back.
+    bytes: Vec<u8>,
+    /// Per row, in key order: where its key starts, the key's length and the value's (the
+    /// value follows the key).
+    rows: Vec<(usize, usize, usize)>,
     /// Per stored index of the spec: its new entries, sorted.
     index_keys: Vec<KeyList>,
 }
 
+impl EncodedBatch {
+    /// Each row's (key, stored value), in key order.
+    fn rows(&self) -> impl Iterator<Item = (&[u8], &[u8])> {
+        self.rows.iter().map(|&(at, key, value)| {
+            let row = self.bytes.get(at..at + key + value).unwrap_or_default();
+            row.split_at(key.min(row.len()))
+        })
+    }
+}
+
 /// Encodes `rows` of `spec` for [`put_encoded_in`]. Rows with the same key: the last wins.
 fn encode_batch(spec: &TableSpec, rows: &[Row]) -> Result<EncodedBatch> {
-    let mut keyed: Vec<(Vec<u8>, usize)> = Vec::with_capacity(rows.len());
+    // The keys first, in a buffer of their own, to sort the rows by.
+    let mut keys = Vec::with_capacity(rows.len() * 16);
+    let mut keyed: Vec<(usize, usize, usize)> = Vec::with_capacity(rows.len());
     for (i, row) in rows.iter().enumerate() {
-        keyed.push((row_key(spec, row)?, i));
+        check_shape(spec, row.len())?;
+        let at = keys.len();
+        for value in spec.key.iter().filter_map(|&c| row.get(c)) {
+            key::encode_value(&mut keys, value);
+        }
+        keyed.push((at, keys.len() - at, i));
     }
+    let key_of = |&(at, len, _): &(usize, usize, usize)| keys.get(at..at + len).unwrap_or_default();
     // Stable: among equal keys the later row stays last, and dedup keeps the last of a run.
-    keyed.sort_by(|a, b| a.0.cmp(&b.0));
-    let mut unique: Vec<(Vec<u8>, usize)> = Vec::with_capacity(keyed.len());
+    keyed.sort_by(|a, b| key_of(a).cmp(key_of(b)));
+    let mut unique: Vec<(usize, usize, usize)> = Vec::with_capacity(keyed.len());
     for entry in keyed {
         match unique.last_mut() {
-            Some(last) if last.0 == entry.0 => *last = entry,
+            Some(last) if key_of(last) == key_of(&entry) => *last = entry,
             _ => unique.push(entry),
         }
     }
     let mut index_keys: Vec<KeyList> = stored_indexes(spec)
         .map(|_| KeyList::with_capacity(unique.len(), unique.len() * 48))
         .collect();
+    let size: usize = unique
+        .iter()
+        .filter_map(|&(_, len, i)| {
+            let row = rows.get(i)?;
+            Some(len + 8 + row.iter().map(key::encoded_len).sum::<usize>())
+        })
+        .sum();
+    let mut bytes = Vec::with_capacity(size);
     let mut out = Vec::with_capacity(unique.len());
-    for (pk, i) in unique {
-        let Some(row) = rows.get(i) else { continue };
-        for (keys, index) in index_keys.iter_mut().zip(stored_indexes(spec)) {
-            keys.push_with(|buf| write_index_key(buf, index, row, &pk))?;
+    for entry in &unique {
+        let Some(row) = rows.get(entry.2) else {
+            continue;
+        };
+        let pk = key_of(entry);
+        for (list, index) in index_keys.iter_mut().zip(stored_indexes(spec)) {
+            list.push_with(|buf| write_index_key(buf, index, row, pk))?;
         }
-        out.push((pk, encode_stored_row(0, row)));
+        let at = bytes.len();
+        bytes.extend_from_slice(pk);
+        bytes.extend_from_slice(&0u64.to_be_bytes());
+        for value in row {
+            key::encode_value(&mut bytes, value);
+        }
+        out.push((at, pk.len(), bytes.len() - at - pk.len()));
     }
-    for keys in &mut index_keys {
-        keys.sort();
+    for list in &mut index_keys {
+        list.sort();
     }
     Ok(EncodedBatch {
+        bytes,
         rows: out,
         index_keys,
     })
@@ -672,7 +716,7 @@ fn put_encoded_in(
     area: Area,
     spec: &TableSpec,
     version: u64,
-    batch: EncodedBatch,
+    mut batch: EncodedBatch,
     builds: &mut IndexBuilds,
 ) -> Result<()> {
     let name = storage_key(&spec.name);
@@ -680,24 +724,21 @@ fn put_encoded_in(
     let mut removed: Vec<Vec<Vec<u8>>> = vec![Vec::new(); stored_indexes(spec).count()];
     {
         let mut table = w.open_table(TableDefinition::<&[u8], &[u8]>::new(&area.rows(&name)))?;
-        let stamp = |value: &mut Vec<u8>| {
-            if let Some(prefix) = value.get_mut(..8) {
+        for &(at, key, _) in &batch.rows {
+            if let Some(prefix) = batch.bytes.get_mut(at + key..at + key + 8) {
                 prefix.copy_from_slice(&version.to_be_bytes());
             }
-        };
+        }
         // A copy's rows mostly arrive in key order (a table's heap order often is, and a batch
         // is sorted): append them through a cursor at the table's end, which packs full leaves
         // instead of descending the tree and splitting a leaf per row. The first row that does
         // not sort after the table's last (out of order, or delivered again) ends the run; it
         // and the rest of the batch take the ordinary path.
-        let mut rows = batch.rows.into_iter().map(|(pk, mut value)| {
-            stamp(&mut value);
-            (pk, value)
-        });
+        let mut rows = batch.rows();
         let mut unordered = None;
         let mut cursor = table.upper_bound_mut(Bound::<&[u8]>::Unbounded)?;
         for (pk, value) in rows.by_ref() {
-            match cursor.insert_before(pk.as_slice(), value.as_slice()) {
+            match cursor.insert_before(pk, value) {
                 Ok(()) => {}
                 Err(redb::CursorError::UnorderedKey) => {
                     unordered = Some((pk, value));
@@ -708,13 +749,11 @@ fn put_encoded_in(
         }
         cursor.close()?;
         for (pk, value) in unordered.into_iter().chain(rows) {
-            let previous = table
-                .insert(pk.as_slice(), value.as_slice())?
-                .map(|p| p.value().to_vec());
+            let previous = table.insert(pk, value)?.map(|p| p.value().to_vec());
             if let Some(prev) = previous {
                 let (old, _) = decode_stored_row(&spec.name, &prev)?;
                 for (keys, index) in removed.iter_mut().zip(stored_indexes(spec)) {
-                    keys.push(index_key(index, &old, &pk));
+                    keys.push(index_key(index, &old, pk));
                 }
             }
         }
@@ -1608,14 +1647,19 @@ mod tests {
         }
     }
 
-    #[tokio::test]
-    async fn replica_apply_is_atomic_and_idempotent() {
+    /// A replica in a temporary directory with an initial sync of [`spec`] begun (version 9).
+    async fn syncing_replica() -> (tempfile::TempDir, Replica, TableName) {
         let dir = tempfile::tempdir().unwrap();
         let r = Replica::open(dir.path().join("r.redb")).unwrap();
-        let t = TableName::new("public", "t");
         r.begin_initial_sync(Lsn(9), vec![Arc::new(spec())])
             .await
             .unwrap();
+        (dir, r, TableName::new("public", "t"))
+    }
+
+    #[tokio::test]
+    async fn replica_apply_is_atomic_and_idempotent() {
+        let (dir, r, t) = syncing_replica().await;
         assert!(
             r.sync_state().await.unwrap().is_none(),
             "no state while syncing"
@@ -1744,12 +1788,7 @@ mod tests {
 
     #[tokio::test]
     async fn table_resync_swaps_in_atomically() {
-        let dir = tempfile::tempdir().unwrap();
-        let r = Replica::open(dir.path().join("r.redb")).unwrap();
-        let t = TableName::new("public", "t");
-        r.begin_initial_sync(Lsn(9), vec![Arc::new(spec())])
-            .await
-            .unwrap();
+        let (_dir, r, t) = syncing_replica().await;
         r.copy_rows(&t, vec![row(1, "a", 5)]).await.unwrap();
         r.finish_initial_sync(synced_state()).await.unwrap();
         let mut new_spec = spec();
@@ -1848,14 +1887,44 @@ mod tests {
         );
     }
 
+    /// A copied batch is encoded into one buffer: every row comes back whole, with the
+    /// copy's version, whatever its values (a zero byte in text, NULL, long text), and of
+    /// two rows with the same key in one batch the later one is stored.
+    #[tokio::test]
+    async fn a_copied_batch_stores_each_row_whole_and_the_last_of_equal_keys() {
+        let (_dir, r, t) = syncing_replica().await;
+        let long = "x".repeat(10_000);
+        let batch = vec![
+            row(3, "with \0 zero", 1),
+            row(1, "first", 5),
+            vec![Value::Int(2), Value::Null, Value::Null],
+            row(1, "second", 6),
+            row(4, &long, 2),
+        ];
+        r.copy_rows(&t, batch).await.unwrap();
+        r.finish_initial_sync(synced_state()).await.unwrap();
+        let snap = r.snapshot().unwrap();
+        let stored: Vec<(Row, Lsn)> = snap.scan(&t).unwrap().map(|x| x.unwrap()).collect();
+        let expected = vec![
+            row(1, "second", 6),
+            vec![Value::Int(2), Value::Null, Value::Null],
+            row(3, "with \0 zero", 1),
+            row(4, &long, 2),
+        ];
+        assert_eq!(
+            stored
+                .iter()
+                .map(|(row, _)| row.clone())
+                .collect::<Vec<_>>(),
+            expected
+        );
+        assert!(stored.iter().all(|(_, v)| *v == Lsn(9)), "{stored:?}");
+        assert_eq!(index_order(&r), vec![1, 4, 3, 2], "one index entry per row");
+    }
+
     #[tokio::test]
     async fn a_copied_tables_indexes_are_written_before_the_copy_finishes() {
-        let dir = tempfile::tempdir().unwrap();
-        let r = Replica::open(dir.path().join("r.redb")).unwrap();
-        let t = TableName::new("public", "t");
-        r.begin_initial_sync(Lsn(9), vec![Arc::new(spec())])
-            .await
-            .unwrap();
+        let (_dir, r, t) = syncing_replica().await;
         r.copy_rows(&t, vec![row(2, "b", 7), row(1, "a", 5)])
             .await
             .unwrap();

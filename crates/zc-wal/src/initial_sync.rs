@@ -15,7 +15,7 @@ use sqlx::postgres::PgConnection;
 use sqlx::{AssertSqlSafe, Connection, Executor};
 use tokio::sync::Mutex;
 use tokio_util::sync::CancellationToken;
-use tracing::info;
+use tracing::{Instrument, info};
 use zc_types::{ColumnSpec, Lsn, Row, TableSpec, TypeKind, Value};
 
 use crate::config::{ConnParts, WalConfig};
@@ -38,7 +38,7 @@ pub(crate) async fn run<D: Destination>(
     cfg: &WalConfig,
     parts: &ConnParts,
     publications: &[String],
-    dest: &D,
+    dest: &Arc<D>,
     cancel: &CancellationToken,
 ) -> Result<SyncState> {
     let started = Instant::now();
@@ -81,15 +81,36 @@ pub(crate) async fn run<D: Destination>(
     let total_tables = tables.len();
     let queue = Arc::new(Mutex::new(tables.into_iter().collect::<VecDeque<_>>()));
     let progress = Arc::new(Progress::default());
-    let copy = futures::future::try_join_all(workers.into_iter().map(|conn| {
-        copy_worker(
-            conn,
-            Arc::clone(&queue),
-            dest,
-            cfg.copy_batch_rows,
-            Arc::clone(&progress),
-        )
-    }));
+    // Each worker is a task of its own, so that the workers decode their COPY streams on all
+    // of the runtime's threads (joined in one task, they took turns on one). Dropping the set
+    // (cancelled, or another worker failed) aborts the rest. They log in the caller's span.
+    let mut copies = tokio::task::JoinSet::new();
+    for conn in workers {
+        copies.spawn(
+            copy_worker(
+                conn,
+                Arc::clone(&queue),
+                Arc::clone(dest),
+                cfg.copy_batch_rows,
+                Arc::clone(&progress),
+            )
+            .in_current_span(),
+        );
+    }
+    let copy = async move {
+        while let Some(done) = copies.join_next().await {
+            match done {
+                Ok(result) => result?,
+                Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+                Err(_) => {
+                    return Err(Error::ResyncRequired {
+                        reason: "a copy worker was cancelled".into(),
+                    });
+                }
+            }
+        }
+        Ok::<(), Error>(())
+    };
     let report = async {
         let mut tick = tokio::time::interval(cfg.progress_interval);
         tick.tick().await;
@@ -188,7 +209,7 @@ fn select_list(spec: &TableSpec) -> String {
 async fn copy_worker<D: Destination>(
     mut conn: PgConnection,
     queue: Arc<Mutex<VecDeque<CopySpec>>>,
-    dest: &D,
+    dest: Arc<D>,
     batch_rows: usize,
     progress: Arc<Progress>,
 ) -> Result<()> {
@@ -196,7 +217,7 @@ async fn copy_worker<D: Destination>(
         let Some(table) = queue.lock().await.pop_front() else {
             break;
         };
-        copy_table(&mut conn, &table, dest, batch_rows, &progress).await?;
+        copy_table(&mut conn, &table, dest.as_ref(), batch_rows, &progress).await?;
         progress.tables_done.fetch_add(1, Ordering::Relaxed);
     }
     conn.execute("COMMIT")

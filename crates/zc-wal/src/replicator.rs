@@ -1,6 +1,7 @@
 //! The replicator: decides between resuming and a fresh initial sync, then streams, and
 //! retries transient failures from the durable watermark.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
@@ -22,13 +23,17 @@ use crate::{initial_sync, stream};
 #[derive(Debug)]
 pub struct Replicator<D> {
     cfg: WalConfig,
-    dest: D,
+    // Shared with the initial copy's worker tasks.
+    dest: Arc<D>,
 }
 
 impl<D: Destination> Replicator<D> {
     /// A replicator for `cfg` into `dest`.
     pub fn new(cfg: WalConfig, dest: D) -> Self {
-        Replicator { cfg, dest }
+        Replicator {
+            cfg,
+            dest: Arc::new(dest),
+        }
     }
 
     /// The destination.
@@ -121,7 +126,7 @@ impl<D: Destination> Replicator<D> {
             &self.cfg,
             &parts,
             &state.publications,
-            &self.dest,
+            self.dest.as_ref(),
             table,
             oid,
         )
@@ -208,6 +213,6 @@ impl<D: Destination> Replicator<D> {
             }
             None => initial_sync::run(&self.cfg, &parts, &publications, &self.dest, cancel).await?,
         };
-        stream::run(&self.cfg, &parts, &self.dest, &state, cancel).await
+        stream::run(&self.cfg, &parts, self.dest.as_ref(), &state, cancel).await
     }
 }
