@@ -337,6 +337,79 @@ async fn many_clients_follow_upstream_writes_and_bad_frames_only_hurt_their_send
     server.stop().await;
 }
 
+/// A client group whose clients have all left stops after its keepalive (5 s, as
+/// zero-cache's view syncer) even while upstream writes keep waking it: it no longer
+/// advances its pipelines or writes its CVR for every change. A client that comes back
+/// later gets a new group actor that resumes from the CVR.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_group_without_clients_stops_while_writes_go_on() {
+    let db = TestDb::new().await;
+    seed(&db).await;
+    let server = Server::start(&db, spawn_query_endpoint()).await;
+    let groups = || async {
+        let metrics = reqwest_get(&format!("{}/metrics", server.base)).await;
+        let label = format!("zc_sync_client_groups{{app=\"{}\"}} ", db.name);
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(label.as_str()).map(str::to_owned))
+    };
+    let init = InitConnectionBody::new(vec![named("j89s9yb1osb", "openIssues", vec![])]);
+    let connect = || async {
+        let mut c = TestClient::connect(
+            &server.base,
+            params("idle-group", "c1", None),
+            Some(&init),
+            Some("token"),
+        )
+        .await
+        .expect("connect");
+        assert!(matches!(c.recv().await, Some(Downstream::Connected(_))));
+        let mut view = View::default();
+        while !view.got.contains(&"j89s9yb1osb".to_owned()) {
+            view.apply(&c.poke().await.expect("poke"));
+        }
+        (c, view)
+    };
+    let (c, view) = connect().await;
+    assert_eq!(view.ids(), vec!["i1", "i2"]);
+    assert_eq!(groups().await.as_deref(), Some("1"));
+    drop(c);
+
+    // Writes every 100 ms; the group must be gone well within 20 s.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    let mut n = 0;
+    while groups().await.as_deref() != Some("0") {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the group without clients is still running"
+        );
+        n += 1;
+        db.exec(&format!("UPDATE issue SET n = {n} WHERE id = 'i2'"))
+            .await;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    // Back again: a new actor serves the group, with the writes made while it was gone
+    // (the last one may still be on its way through replication).
+    let (mut c, mut view) = connect().await;
+    let i2 = |view: &View| {
+        view.rows
+            .iter()
+            .find_map(|((_, id), v)| (id == "\"i2\"").then(|| v["n"].as_f64()))
+            .flatten()
+    };
+    while i2(&view) != Some(f64::from(n)) {
+        let Some(poke) = c.poke().await else {
+            panic!("the last write (n = {n}) did not come: {view:?}");
+        };
+        view.apply(&poke);
+    }
+    assert_eq!(view.ids(), vec!["i1", "i2"]);
+    assert_eq!(groups().await.as_deref(), Some("1"));
+    drop(c);
+    server.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connection_errors_are_the_protocols() {
     let db = TestDb::new().await;

@@ -106,6 +106,12 @@ pub(crate) struct Group {
 /// one poke (and one CVR flush). Changes further apart than this are not delayed.
 const POKE_PACE: Duration = Duration::from_millis(10);
 
+/// How long a group without clients stays (zero-cache keeps a view syncer 5 s): a client
+/// reconnecting within it finds its pipelines hydrated. Counted from the moment the last
+/// client left, not from the group's last wake-up: upstream changes keep waking it, and an
+/// empty group would otherwise advance its pipelines and write its CVR for every write.
+const KEEPALIVE: Duration = Duration::from_secs(5);
+
 fn error_chain(e: &dyn std::error::Error) -> String {
     let mut text = e.to_string();
     let mut source = e.source();
@@ -132,6 +138,8 @@ fn now_ms() -> i64 {
 impl Drop for Group {
     fn drop(&mut self) {
         self.unsubscribe_all();
+        self.steps.close();
+        self.shared.hub.leave();
     }
 }
 
@@ -193,10 +201,18 @@ impl Group {
             held: None,
         };
         let mut versions = shared.replica.subscribe();
-        let idle = Duration::from_secs(30);
+        // The replica may have moved on since the group registered (or the hub it joined
+        // may not have followed it, with no group to advance it): look once at the start.
+        versions.mark_changed();
+        // When the group, without clients since then, leaves.
+        let mut leave_at: Option<Instant> = None;
         loop {
             let expiry = group.next_expiry();
-            let idle_now = group.clients.is_empty();
+            leave_at = match leave_at {
+                _ if !group.clients.is_empty() => None,
+                Some(at) => Some(at),
+                None => Some(Instant::now() + KEEPALIVE),
+            };
             tokio::select! {
                 msg = rx.recv() => match msg {
                     Some(msg) => Box::pin(group.handle(msg)).await,
@@ -229,7 +245,8 @@ impl Group {
                         Box::pin(group.fail(e)).await;
                     }
                 }
-                _ = tokio::time::sleep(idle), if idle_now => {
+                _ = tokio::time::sleep_until(leave_at.unwrap_or_else(Instant::now).into()),
+                    if leave_at.is_some() => {
                     // Idle: leave; the service starts a new actor on the next connect.
                     rx.close();
                     while let Ok(msg) = rx.try_recv() {
@@ -241,6 +258,7 @@ impl Group {
                 }
             }
         }
+        rx.close();
         shared.forget(&group.id);
     }
 

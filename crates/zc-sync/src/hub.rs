@@ -18,6 +18,7 @@
 
 use std::collections::HashMap;
 use std::collections::hash_map::Entry;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use tokio::sync::mpsc;
@@ -104,7 +105,12 @@ struct State {
 
 /// The shared pipelines of one syncer.
 pub(crate) struct Hub {
+    /// `None` while no group is registered: the hub then holds no replica snapshot (an
+    /// open one would keep the replica from reusing the pages later writes free).
     state: Mutex<Option<State>>,
+    /// The last epoch handed out: epochs stay unique when the state is dropped and made
+    /// again.
+    epochs: AtomicU64,
     /// `ZERO_APP_ID`, the label of the pipeline gauge.
     app: String,
 }
@@ -180,6 +186,7 @@ impl Hub {
     pub(crate) fn new(app: &str) -> Hub {
         Hub {
             state: Mutex::new(None),
+            epochs: AtomicU64::new(0),
             app: app.to_owned(),
         }
     }
@@ -195,7 +202,12 @@ impl Hub {
         }
     }
 
+    fn next_epoch(&self) -> u64 {
+        self.epochs.fetch_add(1, Ordering::Relaxed) + 1
+    }
+
     fn state<'a>(
+        &self,
         guard: &'a mut MutexGuard<'_, Option<State>>,
         replica: &Replica,
     ) -> Result<&'a mut State, HubError> {
@@ -207,7 +219,7 @@ impl Hub {
                 sources: SnapshotSources::new(snapshot)?,
                 version,
                 pipelines: HashMap::new(),
-                epoch: 0,
+                epoch: self.next_epoch(),
                 groups: Vec::new(),
             });
         }
@@ -220,7 +232,7 @@ impl Hub {
         replica: &Replica,
     ) -> Result<(SnapshotSources, Lsn, mpsc::Receiver<Arc<Step>>), HubError> {
         let mut guard = self.lock();
-        let state = Self::state(&mut guard, replica)?;
+        let state = self.state(&mut guard, replica)?;
         let (tx, rx) = mpsc::channel(STEP_BACKLOG);
         state.groups.push(tx);
         Ok((state.sources.clone(), state.version, rx))
@@ -235,7 +247,7 @@ impl Hub {
     ) -> Result<(Subscription, HeldRows), HubError> {
         let key = pipeline_key(ast);
         let mut guard = self.lock();
-        let state = Self::state(&mut guard, replica)?;
+        let state = self.state(&mut guard, replica)?;
         let (version, epoch) = (state.version, state.epoch);
         let sources = &state.sources;
         let p = match state.pipelines.entry(Arc::clone(&key)) {
@@ -292,11 +304,24 @@ impl Hub {
         }
     }
 
+    /// Called by a group that stops, after its subscriptions ended and its step channel
+    /// closed: without groups, the hub lets its snapshot go, and the next group to register
+    /// starts it again at the replica's latest version.
+    pub(crate) fn leave(&self) {
+        let mut guard = self.lock();
+        if let Some(state) = guard.as_mut() {
+            state.groups.retain(|g| !g.is_closed());
+            if state.groups.is_empty() && state.pipelines.is_empty() {
+                *guard = None;
+            }
+        }
+    }
+
     /// Brings every pipeline to the replica's latest version and sends the step to every
     /// registered group. Does nothing when the hub is already there.
     pub(crate) fn advance(&self, replica: &Replica) -> Result<(), HubError> {
         let mut guard = self.lock();
-        let state = Self::state(&mut guard, replica)?;
+        let state = self.state(&mut guard, replica)?;
         // Every group calls this on every version; only the first one needs a snapshot.
         if *replica.subscribe().borrow() <= state.version {
             return Ok(());
@@ -319,7 +344,7 @@ impl Hub {
         };
         if matches!(kind, StepKind::Reset) {
             state.pipelines.clear();
-            state.epoch += 1;
+            state.epoch = self.next_epoch();
             self.gauge(0);
         }
         state.sources = match kind {

@@ -83,7 +83,13 @@ impl Shared {
             && groups.get(group).is_some_and(|tx| tx.is_closed())
         {
             groups.remove(group);
+            self.count_groups(groups.len());
         }
+    }
+
+    /// Publishes the number of running group actors.
+    fn count_groups(&self, n: usize) {
+        metrics::gauge!("zc_sync_client_groups", "app" => self.config.app_id.clone()).set(n as f64);
     }
 }
 
@@ -192,6 +198,7 @@ impl Syncer {
         }
         let (tx, rx) = mpsc::channel(1024);
         groups.insert(id.to_owned(), tx.clone());
+        self.shared.count_groups(groups.len());
         let shared = Arc::clone(&self.shared);
         let id = id.to_owned();
         zc_types::task::spawn_named("client-group", Group::run(shared, id, rx));
