@@ -59,6 +59,9 @@ pub(crate) fn repl_err(
 fn slot_busy(e: &pgwire_replication::PgWireError) -> bool {
     let msg = e.to_string();
     msg.contains("is active for PID")
+        // The worker's result was lost to a receive dropped while joining it (the stream
+        // ended either way; a new one starts from the durable watermark).
+        || msg.contains("worker already joined")
         || [
             "55006", "57P01", "57P02", "57P03", "53300", "08006", "08003", "08001",
         ]
