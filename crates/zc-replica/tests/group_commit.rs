@@ -1,7 +1,7 @@
 //! Group commit: zc-wal applies each transaction without an fsync (`apply_deferred`) and
 //! acknowledges it only once a later durable commit (at most 100 ms or 500 transactions
-//! later) covers it. Bursts of small upstream transactions must still arrive one replica commit
-//! (one version) per upstream transaction, in order; a restart must lose and repeat nothing;
+//! later) covers it. Bursts of small upstream transactions must still arrive one replica
+//! commit (one version) per upstream transaction, in order; a restart must lose and repeat nothing;
 //! and the slot's acknowledged position must never pass what the replica file holds durably
 //! (checked by killing the replicator process and reopening its file).
 

@@ -54,8 +54,9 @@ pub(crate) fn repl_err(
     }
 }
 
-/// A server error that retrying may get past: the slot is still held by an earlier session,
-/// or the server is shutting down, restarting or out of connections.
+/// An error that retrying may get past: the slot is still held by an earlier session, the
+/// server is shutting down, restarting or out of connections, or the stream's worker ended
+/// with a result that was lost.
 fn slot_busy(e: &pgwire_replication::PgWireError) -> bool {
     let msg = e.to_string();
     msg.contains("is active for PID")
