@@ -523,12 +523,22 @@ fn write_watermark(txn: &WriteTransaction, mark: Watermark) -> Result<()> {
 
 fn encode_stored_row(version: u64, row: &[Value]) -> Vec<u8> {
     // Sized once: a row's text would otherwise grow the buffer a few times over.
-    let mut out = Vec::with_capacity(8 + row.iter().map(key::encoded_len).sum::<usize>());
+    let mut out = Vec::with_capacity(stored_row_len(row));
+    write_stored_row(&mut out, version, row);
+    out
+}
+
+/// The length of a stored row (its version, then its values).
+fn stored_row_len(row: &[Value]) -> usize {
+    8 + row.iter().map(key::encoded_len).sum::<usize>()
+}
+
+/// Appends a stored row: its version, then its values.
+fn write_stored_row(out: &mut Vec<u8>, version: u64, row: &[Value]) {
     out.extend_from_slice(&version.to_be_bytes());
     for v in row {
-        key::encode_value(&mut out, v);
+        key::encode_value(out, v);
     }
-    out
 }
 
 fn decode_stored_row(table: &TableName, raw: &[u8]) -> Result<(Row, Lsn)> {
@@ -679,7 +689,7 @@ fn encode_batch(spec: &TableSpec, rows: &[Row]) -> Result<EncodedBatch> {
         .iter()
         .filter_map(|&(_, len, i)| {
             let row = rows.get(i)?;
-            Some(len + 8 + row.iter().map(key::encoded_len).sum::<usize>())
+            Some(len + stored_row_len(row))
         })
         .sum();
     let mut bytes = Vec::with_capacity(size);
@@ -694,10 +704,8 @@ fn encode_batch(spec: &TableSpec, rows: &[Row]) -> Result<EncodedBatch> {
         }
         let at = bytes.len();
         bytes.extend_from_slice(pk);
-        bytes.extend_from_slice(&0u64.to_be_bytes());
-        for value in row {
-            key::encode_value(&mut bytes, value);
-        }
+        // Version 0 until it is written (see `put_encoded_in`).
+        write_stored_row(&mut bytes, 0, row);
         out.push((at, pk.len(), bytes.len() - at - pk.len()));
     }
     for list in &mut index_keys {

@@ -10,7 +10,7 @@ use std::time::Duration;
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 use warp::Filter;
-use zc_protocol::connect::SecProtocol;
+use zc_protocol::connect::{ConnectParams, SecProtocol};
 use zc_protocol::messages::{
     Downstream, ErrorKind, InitConnectionBody, RowPatchOp, UpQueriesPatchOp, Upstream,
 };
@@ -183,6 +183,30 @@ impl View {
     }
 }
 
+/// A client connected to `base`, past the server's `connected` message.
+async fn connected(
+    base: &str,
+    params: ConnectParams,
+    init: Option<&InitConnectionBody>,
+    token: Option<&str>,
+) -> TestClient {
+    let mut c = TestClient::connect(base, params, init, token)
+        .await
+        .expect("connect");
+    assert!(matches!(c.recv().await, Some(Downstream::Connected(_))));
+    c
+}
+
+/// Applies `c`'s pokes until its query `hash` is complete (other clients' pokes of its
+/// group may come first).
+async fn view_until_got(c: &mut TestClient, hash: &str) -> View {
+    let mut view = View::default();
+    while !view.got.iter().any(|h| h == hash) {
+        view.apply(&c.poke().await.expect("poke"));
+    }
+    view
+}
+
 async fn seed(db: &TestDb) {
     db.exec(
         "CREATE TABLE issue (id text PRIMARY KEY, title text NOT NULL, done boolean NOT NULL, n float8);
@@ -212,18 +236,13 @@ async fn captured_session_replays_against_zc() {
         init_connection: Some(init.clone()),
         auth_token: token.clone(),
     };
-    let mut client = TestClient::connect(
+    let mut client = connected(
         &server.base,
         params("replayed-group", "replayed-client", None),
         decoded.init_connection.as_ref(),
         decoded.auth_token.as_deref(),
     )
-    .await
-    .expect("connect");
-    assert!(matches!(
-        client.recv().await,
-        Some(Downstream::Connected(_))
-    ));
+    .await;
     let mut view = View::default();
     let first = client.poke().await.expect("first poke");
     assert_eq!(first.start.base_cookie, None);
@@ -265,20 +284,14 @@ async fn many_clients_follow_upstream_writes_and_bad_frames_only_hurt_their_send
     let mut clients = Vec::new();
     for i in 0..12 {
         let group = format!("g{}", i % 4);
-        let mut c = TestClient::connect(
+        let mut c = connected(
             &server.base,
             params(&group, &format!("c{i}"), None),
             Some(&init),
             Some("token"),
         )
-        .await
-        .expect("connect");
-        assert!(matches!(c.recv().await, Some(Downstream::Connected(_))));
-        let mut view = View::default();
-        // Until the client's own query is complete (other clients' pokes may come first).
-        while !view.got.contains(&"j89s9yb1osb".to_owned()) {
-            view.apply(&c.poke().await.expect("poke"));
-        }
+        .await;
+        let view = view_until_got(&mut c, "j89s9yb1osb").await;
         assert_eq!(view.ids(), vec!["i1", "i2"], "client {i}");
         clients.push((c, view));
     }
@@ -355,19 +368,14 @@ async fn a_group_without_clients_stops_while_writes_go_on() {
     };
     let init = InitConnectionBody::new(vec![named("j89s9yb1osb", "openIssues", vec![])]);
     let connect = || async {
-        let mut c = TestClient::connect(
+        let mut c = connected(
             &server.base,
             params("idle-group", "c1", None),
             Some(&init),
             Some("token"),
         )
-        .await
-        .expect("connect");
-        assert!(matches!(c.recv().await, Some(Downstream::Connected(_))));
-        let mut view = View::default();
-        while !view.got.contains(&"j89s9yb1osb".to_owned()) {
-            view.apply(&c.poke().await.expect("poke"));
-        }
+        .await;
+        let view = view_until_got(&mut c, "j89s9yb1osb").await;
         (c, view)
     };
     let (c, view) = connect().await;
@@ -418,34 +426,27 @@ async fn connection_errors_are_the_protocols() {
     let init = InitConnectionBody::new(vec![]);
 
     // A cookie for a group this server has no record of.
-    let mut c = TestClient::connect(
+    let mut c = connected(
         &server.base,
         params("g", "c1", Some("zz")),
         Some(&init),
         None,
     )
-    .await
-    .expect("connect");
-    assert!(matches!(c.recv().await, Some(Downstream::Connected(_))));
+    .await;
     match c.recv().await {
         Some(Downstream::Error(e)) => assert_eq!(e.kind(), ErrorKind::ClientNotFound),
         other => panic!("expected ClientNotFound, got {other:?}"),
     }
     // A cookie from the future of a group the server knows.
-    let mut c = TestClient::connect(&server.base, params("g", "c1", None), Some(&init), None)
-        .await
-        .expect("connect");
-    assert!(matches!(c.recv().await, Some(Downstream::Connected(_))));
+    let mut c = connected(&server.base, params("g", "c1", None), Some(&init), None).await;
     assert!(c.poke().await.is_some());
-    let mut c = TestClient::connect(
+    let mut c = connected(
         &server.base,
         params("g", "c1b", Some("zz")),
         Some(&init),
         None,
     )
-    .await
-    .expect("connect");
-    assert!(matches!(c.recv().await, Some(Downstream::Connected(_))));
+    .await;
     match c.recv().await {
         Some(Downstream::Error(e)) => {
             assert_eq!(e.kind(), ErrorKind::InvalidConnectionRequestBaseCookie)
@@ -454,15 +455,13 @@ async fn connection_errors_are_the_protocols() {
     }
 
     // A token the app refuses: TransformFailed with the HTTP status.
-    let mut c = TestClient::connect(
+    let mut c = connected(
         &server.base,
         params("g2", "c2", None),
         Some(&init),
         Some("bad"),
     )
-    .await
-    .expect("connect");
-    assert!(matches!(c.recv().await, Some(Downstream::Connected(_))));
+    .await;
     match c.recv().await {
         Some(Downstream::Error(e)) => assert_eq!(e.kind(), ErrorKind::TransformFailed),
         other => panic!("expected TransformFailed, got {other:?}"),
@@ -470,15 +469,13 @@ async fn connection_errors_are_the_protocols() {
 
     // A query the app does not know: transformError, and the query is not complete.
     let init = InitConnectionBody::new(vec![named("nope", "notOnServer", vec![])]);
-    let mut c = TestClient::connect(
+    let mut c = connected(
         &server.base,
         params("g3", "c3", None),
         Some(&init),
         Some("t"),
     )
-    .await
-    .expect("connect");
-    assert!(matches!(c.recv().await, Some(Downstream::Connected(_))));
+    .await;
     match c.recv().await {
         Some(Downstream::TransformError(errors)) => assert_eq!(errors.len(), 1),
         other => panic!("expected transformError, got {other:?}"),
@@ -495,10 +492,7 @@ async fn connection_errors_are_the_protocols() {
         }}))
         .expect("client schema"),
     );
-    let mut c = TestClient::connect(&server.base, params("g4", "c4", None), Some(&init), None)
-        .await
-        .expect("connect");
-    assert!(matches!(c.recv().await, Some(Downstream::Connected(_))));
+    let mut c = connected(&server.base, params("g4", "c4", None), Some(&init), None).await;
     match c.recv().await {
         Some(Downstream::Error(e)) => {
             assert_eq!(e.kind(), ErrorKind::SchemaVersionNotSupported);
