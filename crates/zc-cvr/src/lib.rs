@@ -9,7 +9,8 @@
 //!
 //! [`CvrStore`] keeps records in PostgreSQL (schema `"{app}_{shard}/zc_cvr"`), loads one
 //! group's record when the group becomes active, and writes each change set in one
-//! transaction that also checks the group's version and owner: a second server instance
+//! transaction (together with the change sets of other groups that wait to be written at
+//! the same time) that also checks the group's version and owner: a second server instance
 //! that takes a group over makes the first one's next flush fail with
 //! [`Error::OwnershipLost`], so two instances never both serve one group. Flushes do not
 //! wait for PostgreSQL's fsync (`synchronous_commit = off`); one lost in a crash of
@@ -21,6 +22,7 @@
 mod record;
 mod store;
 mod version;
+mod writer;
 
 pub use record::{Changes, Cvr, DesireRecord, QueryRecord, RowId, RowRecord};
 pub use store::CvrStore;

@@ -8,6 +8,7 @@ use sqlx::{AssertSqlSafe, Row as _};
 use crate::Error;
 use crate::record::{Changes, Cvr, DesireRecord, QueryRecord, RowId, RowRecord};
 use crate::version::CvrVersion;
+use crate::writer::{DesireColumn, Flush, QueryColumn, RowColumn, Writer};
 
 /// Client view records in PostgreSQL.
 #[derive(Debug, Clone)]
@@ -15,6 +16,7 @@ pub struct CvrStore {
     pool: PgPool,
     schema: String,
     owner: String,
+    writer: Writer,
 }
 
 fn quote(ident: &str) -> String {
@@ -47,10 +49,12 @@ impl CvrStore {
             .await?;
         let schema = quote(&format!("{app_id}_{shard_num}/zc_cvr"));
         let owner = format!("{:016x}", rand::random::<u64>());
+        let writer = Writer::start(pool.clone(), schema.clone(), owner.clone());
         let store = CvrStore {
             pool,
             schema,
             owner,
+            writer,
         };
         store.migrate().await?;
         Ok(store)
@@ -227,135 +231,70 @@ impl CvrStore {
     }
 
     /// Writes what changed in `cvr` since it was loaded or last flushed, in one
-    /// transaction; fails with [`Error::OwnershipLost`] if another instance took the group.
+    /// transaction (shared with the flushes of other groups that wait at the same time;
+    /// see the writer module); fails with [`Error::OwnershipLost`] if another instance took the group.
     pub async fn flush(&self, cvr: &mut Cvr) -> Result<(), Error> {
         if cvr.is_clean() {
             return Ok(());
         }
-        let s = &self.schema;
-        let g = cvr.group.clone();
         let dirty = std::mem::take(&mut cvr.dirty);
-        let clients: Vec<String> = dirty.clients.iter().cloned().collect();
-        let mut queries = QueryColumns::default();
+        let mut flush = Flush {
+            group: cvr.group.clone(),
+            version: cvr.version.cookie(),
+            user_id: cvr.user_id.clone(),
+            stored_xmin: cvr.stored_xmin.clone(),
+            ..Flush::default()
+        };
+        flush.clients.extend(dirty.clients.iter().cloned());
         for hash in &dirty.queries {
             if let Some(q) = cvr.queries.get(hash) {
-                queries.hashes.push(hash.clone());
-                queries.names.push(q.name.clone());
-                queries.args.push(q.args.as_ref().map(|a| a.to_string()));
-                queries.asts.push(q.ast.as_ref().map(|a| a.to_string()));
-                queries.got.push(q.got);
-                queries.deleted.push(q.deleted);
-                queries.patches.push(q.patch.cookie());
+                flush.queries.push(QueryColumn {
+                    hash: hash.clone(),
+                    name: q.name.clone(),
+                    args: q.args.as_ref().map(|a| a.to_string()),
+                    ast: q.ast.as_ref().map(|a| a.to_string()),
+                    got: q.got,
+                    deleted: q.deleted,
+                    patch: q.patch.cookie(),
+                });
             }
         }
-        let (mut d_clients, mut d_hashes, mut d_ttls, mut d_deleted, mut d_patches, mut d_inactive) =
-            (vec![], vec![], vec![], vec![], vec![], vec![]);
         for key in &dirty.desires {
             if let Some(d) = cvr.desires.get(key) {
-                d_clients.push(key.0.clone());
-                d_hashes.push(key.1.clone());
-                d_ttls.push(d.ttl);
-                d_deleted.push(d.deleted);
-                d_patches.push(d.patch.cookie());
-                d_inactive.push(d.inactivated_at);
+                flush.desires.push(DesireColumn {
+                    client: key.0.clone(),
+                    hash: key.1.clone(),
+                    ttl: d.ttl,
+                    deleted: d.deleted,
+                    patch: d.patch.cookie(),
+                    inactivated_at: d.inactivated_at,
+                });
             }
         }
-        let (mut tables, mut keys, mut refs, mut patches) = (vec![], vec![], vec![], vec![]);
         for id in &dirty.rows {
             if let Some(r) = cvr.rows.get(id) {
-                refs.push(serde_json::to_string(&r.refs).unwrap_or_else(|_| "{}".into()));
-                patches.push(r.patch.cookie());
-                tables.push(id.table.to_string());
-                keys.push(id.key.to_string());
+                flush.rows.push(RowColumn {
+                    table: id.table.to_string(),
+                    key: id.key.to_string(),
+                    refs: serde_json::to_string(&r.refs).unwrap_or_else(|_| "{}".into()),
+                    patch: r.patch.cookie(),
+                });
             }
         }
-        // One statement, one round trip: the instance row is updated only if this instance
-        // still owns the group and the row is the one it last wrote (its xmin), and the rest
-        // is written only if that update happened. The statement is its own transaction
-        // (atomic, and flushes stay in order); `set_config(.., true)` makes its commit not
-        // wait for PostgreSQL's WAL fsync. A crash of PostgreSQL itself (not of zc) may lose
-        // the last flushes, whose versions clients may already have been sent. The next flush
-        // then finds the group's row is not the one this instance last wrote and fails with
-        // `Error::Diverged`: the group reloads the record, a reconnecting client's cookie is
-        // ahead of it and is refused, and that client resyncs from scratch. A rare resync
-        // after a database crash is the price of not paying an fsync per flush. (Schema
-        // set-up keeps the server's setting.)
-        let written: Result<Option<String>, sqlx::Error> =
-            sqlx::query_scalar(AssertSqlSafe(format!(
-                "WITH sc AS (SELECT set_config('synchronous_commit', 'off', true) AS v),
-             inst AS (
-               UPDATE {s}.instances SET version = $2, user_id = $3, last_active = now()
-               WHERE client_group_id = $1 AND owner = $4 AND ($5::text IS NULL OR xmin::text = $5)
-               RETURNING xmin::text AS xmin),
-             cl AS (
-               INSERT INTO {s}.clients (client_group_id, client_id)
-               SELECT $1, c FROM UNNEST($6::text[]) AS c WHERE EXISTS (SELECT 1 FROM inst)
-               ON CONFLICT DO NOTHING),
-             qu AS (
-               INSERT INTO {s}.queries (client_group_id, query_hash, name, args, ast, got,
-                 deleted, patch_version)
-               SELECT $1, h, n, a::jsonb, t::jsonb, gt, d, p
-               FROM UNNEST($7::text[], $8::text[], $9::text[], $10::text[], $11::bool[],
-                 $12::bool[], $13::text[]) AS u(h, n, a, t, gt, d, p)
-               WHERE EXISTS (SELECT 1 FROM inst)
-               ON CONFLICT (client_group_id, query_hash) DO UPDATE SET name = EXCLUDED.name,
-               args = EXCLUDED.args, ast = EXCLUDED.ast, got = EXCLUDED.got,
-               deleted = EXCLUDED.deleted, patch_version = EXCLUDED.patch_version),
-             de AS (
-               INSERT INTO {s}.desires (client_group_id, client_id, query_hash, ttl, deleted,
-                 inactivated_at, patch_version)
-               SELECT $1, c, h, t, d, i, p
-               FROM UNNEST($14::text[], $15::text[], $16::float8[], $17::bool[], $18::text[],
-                 $19::int8[]) AS u(c, h, t, d, p, i)
-               WHERE EXISTS (SELECT 1 FROM inst)
-               ON CONFLICT (client_group_id, client_id, query_hash) DO UPDATE SET
-               ttl = EXCLUDED.ttl, deleted = EXCLUDED.deleted,
-               inactivated_at = EXCLUDED.inactivated_at, patch_version = EXCLUDED.patch_version),
-             ro AS (
-               INSERT INTO {s}.rows (client_group_id, table_name, row_key, refs, patch_version)
-               SELECT $1, t, k, r::jsonb, p
-               FROM UNNEST($20::text[], $21::text[], $22::text[], $23::text[]) AS u(t, k, r, p)
-               WHERE EXISTS (SELECT 1 FROM inst)
-               ON CONFLICT (client_group_id, table_name, row_key) DO UPDATE SET
-               refs = EXCLUDED.refs, patch_version = EXCLUDED.patch_version)
-             SELECT (SELECT xmin FROM inst) FROM sc"
-            )))
-            .bind(&g)
-            .bind(cvr.version.cookie())
-            .bind(&cvr.user_id)
-            .bind(&self.owner)
-            .bind(&cvr.stored_xmin)
-            .bind(&clients)
-            .bind(&queries.hashes)
-            .bind(&queries.names)
-            .bind(&queries.args)
-            .bind(&queries.asts)
-            .bind(&queries.got)
-            .bind(&queries.deleted)
-            .bind(&queries.patches)
-            .bind(&d_clients)
-            .bind(&d_hashes)
-            .bind(&d_ttls)
-            .bind(&d_deleted)
-            .bind(&d_patches)
-            .bind(&d_inactive)
-            .bind(&tables)
-            .bind(&keys)
-            .bind(&refs)
-            .bind(&patches)
-            .fetch_one(&self.pool)
-            .await;
+        let written = self.writer.write(flush).await;
         let written = match written {
             Ok(written) => written,
             Err(e) => {
                 // Not written: the changes stay dirty for the next flush.
                 cvr.dirty = dirty;
-                return Err(e.into());
+                return Err(e);
             }
         };
         let Some(xmin) = written else {
             // Nothing was written: keep the changes dirty, and tell why.
             cvr.dirty = dirty;
+            let s = &self.schema;
+            let g = cvr.group.clone();
             let owner: Option<Option<String>> = sqlx::query_scalar(AssertSqlSafe(format!(
                 "SELECT owner FROM {s}.instances WHERE client_group_id = $1"
             )))
@@ -373,16 +312,4 @@ impl CvrStore {
         cvr.evict_tombstones(&dirty.rows);
         Ok(())
     }
-}
-
-/// The dirty queries of a flush, column by column.
-#[derive(Default)]
-struct QueryColumns {
-    hashes: Vec<String>,
-    names: Vec<Option<String>>,
-    args: Vec<Option<String>>,
-    asts: Vec<Option<String>>,
-    got: Vec<bool>,
-    deleted: Vec<bool>,
-    patches: Vec<String>,
 }

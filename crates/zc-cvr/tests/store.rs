@@ -152,3 +152,76 @@ async fn a_lost_flush_makes_the_next_one_fail_until_reloaded() {
     store.flush(&mut cvr).await.expect("flush after reload");
     assert_eq!(store.load("g").await.expect("reload").version, v3);
 }
+
+/// Flushes that wait at the same time are written together; each group's own ownership
+/// check still decides for it alone, and what each wrote is its own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn flushes_of_many_groups_at_once_are_each_written_and_checked() {
+    const GROUPS: usize = 40;
+    let db = TestDb::new().await;
+    let store = CvrStore::connect(db.url(), "zero", 0, 4)
+        .await
+        .expect("store");
+    let other = CvrStore::connect(db.url(), "zero", 0, 1)
+        .await
+        .expect("store");
+    let mut cvrs = Vec::new();
+    for i in 0..GROUPS {
+        cvrs.push(store.load(&format!("g{i}")).await.expect("load"));
+    }
+    // Another instance takes one group over.
+    let _taken = other.load("g7").await.expect("load");
+
+    for round in 1..=2u64 {
+        let mut tasks = tokio::task::JoinSet::new();
+        for (i, mut cvr) in cvrs.drain(..).enumerate() {
+            let store = store.clone();
+            tasks.spawn(async move {
+                let v = cvr.version.advance_to(Lsn(round * 100));
+                cvr.version = v;
+                cvr.add_client(&format!("c{i}"));
+                cvr.adjust_row(&row(&format!("{i}-{round}")), "q1", 1, v);
+                let result = store.flush(&mut cvr).await;
+                (i, cvr, result)
+            });
+        }
+        let mut done = Vec::new();
+        while let Some(joined) = tasks.join_next().await {
+            done.push(joined.expect("flush task"));
+        }
+        done.sort_by_key(|(i, ..)| *i);
+        for (i, cvr, result) in done {
+            match (i, result) {
+                (7, Err(Error::OwnershipLost(g))) => assert_eq!(g, "g7"),
+                (7, other) => panic!("round {round}: expected g7's ownership lost, got {other:?}"),
+                (_, Ok(())) => {}
+                (_, Err(e)) => panic!("round {round}: g{i}'s flush failed: {e}"),
+            }
+            cvrs.push(cvr);
+        }
+    }
+
+    for i in (0..GROUPS).filter(|i| *i != 7) {
+        let loaded = store.load(&format!("g{i}")).await.expect("reload");
+        assert_eq!(loaded.version, cvrs[i].version, "g{i}'s version");
+        assert_eq!(
+            loaded.clients.iter().cloned().collect::<Vec<_>>(),
+            vec![format!("c{i}")],
+            "g{i}'s clients"
+        );
+        let mut keys: Vec<String> = loaded.rows.keys().map(|id| id.key.to_string()).collect();
+        keys.sort();
+        assert_eq!(
+            keys,
+            vec![
+                format!("{{\"id\":\"{i}-1\"}}"),
+                format!("{{\"id\":\"{i}-2\"}}")
+            ],
+            "g{i}'s rows"
+        );
+    }
+    // The group taken over has none of the writes.
+    let taken = other.load("g7").await.expect("reload");
+    assert_eq!(taken.version, CvrVersion::default());
+    assert!(taken.rows.is_empty() && taken.clients.is_empty());
+}
