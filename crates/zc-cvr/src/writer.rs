@@ -11,6 +11,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
+use std::time::Instant;
 
 use sqlx::postgres::PgPool;
 use sqlx::{AssertSqlSafe, Row as _};
@@ -77,6 +78,7 @@ type Written = Result<Option<String>, Error>;
 struct Pending {
     flush: Flush,
     reply: oneshot::Sender<Written>,
+    queued: Instant,
 }
 
 /// The handle groups flush through; its writer tasks end when the last handle is dropped.
@@ -113,7 +115,11 @@ impl Writer {
     pub(crate) async fn write(&self, flush: Flush) -> Written {
         let (reply, answer) = oneshot::channel();
         self.queue
-            .send(Pending { flush, reply })
+            .send(Pending {
+                flush,
+                reply,
+                queued: Instant::now(),
+            })
             .await
             .map_err(|_| Error::Database(sqlx::Error::PoolClosed))?;
         answer
@@ -163,9 +169,21 @@ impl Shared {
 
     async fn write_batch(&self, batch: Vec<Pending>) {
         let flushes: Vec<&Flush> = batch.iter().map(|p| &p.flush).collect();
+        let started = Instant::now();
         match self.execute(&flushes).await {
             Ok(mut written) => {
-                tracing::trace!(groups = batch.len(), "CVR flushes written");
+                tracing::trace!(
+                    groups = batch.len(),
+                    waited_ms = batch
+                        .iter()
+                        .map(|p| started.duration_since(p.queued))
+                        .max()
+                        .unwrap_or_default()
+                        .as_secs_f64()
+                        * 1e3,
+                    write_ms = started.elapsed().as_secs_f64() * 1e3,
+                    "CVR flushes written"
+                );
                 for p in batch {
                     let xmin = written.remove(&p.flush.group);
                     let _ = p.reply.send(Ok(xmin));

@@ -281,7 +281,15 @@ impl Group {
     /// a new version does), then applies this group's steps (`first`, then the queued ones).
     async fn advance_hub_and_self(&mut self, first: Option<Arc<Step>>) {
         let hub = Arc::clone(&self.shared);
-        if let Err(e) = tokio::task::block_in_place(|| hub.hub.advance(&hub.replica)) {
+        // Only the first group to see a version advances the hub; the others need not leave
+        // their worker thread (`block_in_place` hands the worker to another thread).
+        let latest = *hub.replica.subscribe().borrow();
+        let advanced = if hub.hub.is_at(latest) {
+            Ok(())
+        } else {
+            tokio::task::block_in_place(|| hub.hub.advance(&hub.replica))
+        };
+        if let Err(e) = advanced {
             self.fail(ErrorBody::internal(e.to_string())).await;
         } else if let Err(e) = self.advance(first).await {
             self.fail(e).await;

@@ -111,6 +111,10 @@ pub(crate) struct Hub {
     /// The last epoch handed out: epochs stay unique when the state is dropped and made
     /// again.
     epochs: AtomicU64,
+    /// The version the shared pipelines are at (0 without state), so that the groups that
+    /// come after the first one to see a version learn that there is nothing to do without
+    /// taking the lock (or leaving their worker thread to wait for it).
+    at: AtomicU64,
     /// `ZERO_APP_ID`, the label of the pipeline gauge.
     app: String,
 }
@@ -187,6 +191,7 @@ impl Hub {
         Hub {
             state: Mutex::new(None),
             epochs: AtomicU64::new(0),
+            at: AtomicU64::new(0),
             app: app.to_owned(),
         }
     }
@@ -222,6 +227,7 @@ impl Hub {
                 epoch: self.next_epoch(),
                 groups: Vec::new(),
             });
+            self.at.store(version.0, Ordering::Release);
         }
         slot.as_mut().ok_or(HubError::Unavailable)
     }
@@ -313,8 +319,16 @@ impl Hub {
             state.groups.retain(|g| !g.is_closed());
             if state.groups.is_empty() && state.pipelines.is_empty() {
                 *guard = None;
+                self.at.store(0, Ordering::Release);
             }
         }
+    }
+
+    /// Whether the shared pipelines are at `version` or later already (then [`Hub::advance`]
+    /// has nothing to do); does not block.
+    pub(crate) fn is_at(&self, version: Lsn) -> bool {
+        let at = self.at.load(Ordering::Acquire);
+        at != 0 && version.0 <= at
     }
 
     /// Brings every pipeline to the replica's latest version and sends the step to every
@@ -352,6 +366,7 @@ impl Hub {
             StepKind::Reset => SnapshotSources::new(next)?,
         };
         state.version = to;
+        self.at.store(to.0, Ordering::Release);
         let step = Arc::new(Step {
             to,
             sources: state.sources.clone(),

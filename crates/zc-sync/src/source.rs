@@ -35,12 +35,14 @@ use crate::Error;
 #[derive(Debug, Clone)]
 pub struct SnapshotSources {
     snapshot: Arc<Snapshot>,
-    tables: BTreeMap<String, TableSource>,
+    /// Shared until an overlay is applied: every group takes the hub's sources at each
+    /// step, so a copy costs a reference count.
+    tables: Arc<BTreeMap<String, TableSource>>,
 }
 
 #[derive(Debug, Clone)]
 struct TableSource {
-    spec: TableSpec,
+    spec: Arc<TableSpec>,
     snapshot: Arc<Snapshot>,
     /// Changes applied on top of the snapshot, by encoded primary key.
     overlay: BTreeMap<Vec<u8>, Option<Row>>,
@@ -55,13 +57,16 @@ impl SnapshotSources {
             tables.insert(
                 spec.name.zero_name(),
                 TableSource {
-                    spec,
+                    spec: Arc::new(spec),
                     snapshot: Arc::clone(&snapshot),
                     overlay: BTreeMap::new(),
                 },
             );
         }
-        Ok(SnapshotSources { snapshot, tables })
+        Ok(SnapshotSources {
+            snapshot,
+            tables: Arc::new(tables),
+        })
     }
 
     /// Sources for a later snapshot whose table schemas are those of these sources (no
@@ -76,14 +81,17 @@ impl SnapshotSources {
                 (
                     name.clone(),
                     TableSource {
-                        spec: t.spec.clone(),
+                        spec: Arc::clone(&t.spec),
                         snapshot: Arc::clone(&snapshot),
                         overlay: BTreeMap::new(),
                     },
                 )
             })
             .collect();
-        SnapshotSources { snapshot, tables }
+        SnapshotSources {
+            snapshot,
+            tables: Arc::new(tables),
+        }
     }
 
     /// The snapshot under the overlay.
@@ -93,17 +101,17 @@ impl SnapshotSources {
 
     /// The schema of a table.
     pub fn spec(&self, table: &str) -> Option<&TableSpec> {
-        self.tables.get(table).map(|t| &t.spec)
+        self.tables.get(table).map(|t| &*t.spec)
     }
 
     /// Every table's schema.
     pub fn specs(&self) -> impl Iterator<Item = &TableSpec> {
-        self.tables.values().map(|t| &t.spec)
+        self.tables.values().map(|t| &*t.spec)
     }
 
     /// Records a change on top of the snapshot (the change about to be pushed).
     pub fn apply(&mut self, table: &TableName, change: &RowChange) {
-        let Some(t) = self.tables.get_mut(&table.zero_name()) else {
+        let Some(t) = Arc::make_mut(&mut self.tables).get_mut(&table.zero_name()) else {
             return;
         };
         let (row, value) = match change {
