@@ -20,6 +20,9 @@ use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use warp::Filter;
+
+/// The most queued messages written to a socket before it is flushed.
+const MAX_FED: usize = 64;
 use zc_protocol::connect::{ConnectError, ConnectParams, parse_connect_path};
 use zc_protocol::messages::{
     ConnectedBody, Downstream, ErrorBody, ErrorKind, Upstream, parse_upstream,
@@ -238,27 +241,42 @@ async fn session(
     metrics::gauge!("zc_connected_clients").increment(1.0);
     let (mut sink, mut stream) = socket.split();
     // Writer: everything for this client, in order; an error message ends the connection.
+    // What is queued together goes out in one write (a poke's start and rows, say): the
+    // frames are fed, and the socket is flushed once the queue is empty.
     let writer = zc_types::task::spawn_named("ws-writer", async move {
-        while let Some(msg) = out_rx.recv().await {
-            // Transient errors leave the connection open (the client decides); auth errors
-            // close with 3000 and the message, as zero-cache does; others just close.
-            let close = match &msg {
-                Downstream::Error(e) => match e.kind() {
-                    ErrorKind::MutationFailed | ErrorKind::MutationRateLimited => None,
-                    ErrorKind::AuthInvalidated | ErrorKind::Unauthorized => {
-                        Some(Some(e.message().chars().take(120).collect::<String>()))
-                    }
-                    _ => Some(None),
-                },
-                _ => None,
-            };
-            if sink.send(Message::text(msg.to_json())).await.is_err() {
-                break;
-            }
-            if let Some(reason) = close {
-                if let Some(reason) = reason {
-                    let _ = sink.send(close_frame(3000, reason)).await;
+        'connection: while let Some(first) = out_rx.recv().await {
+            let mut next = Some(first);
+            let mut fed = 0;
+            while let Some(msg) = next.take() {
+                // Transient errors leave the connection open (the client decides); auth
+                // errors close with 3000 and the message, as zero-cache does; others just
+                // close.
+                let close = match &msg {
+                    Downstream::Error(e) => match e.kind() {
+                        ErrorKind::MutationFailed | ErrorKind::MutationRateLimited => None,
+                        ErrorKind::AuthInvalidated | ErrorKind::Unauthorized => {
+                            Some(Some(e.message().chars().take(120).collect::<String>()))
+                        }
+                        _ => Some(None),
+                    },
+                    _ => None,
+                };
+                if sink.feed(Message::text(msg.to_json())).await.is_err() {
+                    break 'connection;
                 }
+                if let Some(reason) = close {
+                    if let Some(reason) = reason {
+                        let _ = sink.feed(close_frame(3000, reason)).await;
+                    }
+                    let _ = sink.flush().await;
+                    break 'connection;
+                }
+                fed += 1;
+                if fed < MAX_FED {
+                    next = out_rx.try_recv().ok();
+                }
+            }
+            if sink.flush().await.is_err() {
                 break;
             }
         }
