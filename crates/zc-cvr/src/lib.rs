@@ -45,6 +45,10 @@ pub enum Error {
         "client group {0}'s stored record is not the one this instance last wrote (a CVR write was lost); reload it"
     )]
     Diverged(String),
+    /// The write this group's flush shared with other groups' flushes failed for a reason
+    /// that is not the data's (the connection or the pool); the changes stay unwritten.
+    #[error("CVR database write failed: {0}")]
+    SharedWrite(String),
     /// The stored record is not what this version of zc writes.
     #[error("CVR record of client group {group} is corrupt: {what}")]
     Corrupt {

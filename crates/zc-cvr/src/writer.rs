@@ -194,10 +194,11 @@ impl Shared {
                     let _ = p.reply.send(Err(e.into()));
                 }
             }
-            Err(e) => {
-                // One group's data may be what failed: write each alone, so that only
-                // its own flush fails.
-                tracing::debug!(groups = batch.len(), error = %e, "a batched CVR write failed; writing its groups one by one");
+            Err(e @ sqlx::Error::Database(_)) => {
+                // PostgreSQL refused the statement: one group's data may be what it refused
+                // (a NUL in a query's arguments, say). Each group is written alone, so that
+                // only that group's flush fails.
+                tracing::debug!(groups = batch.len(), error = %e, "a batched CVR write was refused; writing its groups one by one");
                 for p in batch {
                     let result = self
                         .execute(&[&p.flush])
@@ -205,6 +206,14 @@ impl Shared {
                         .map(|mut w| w.remove(&p.flush.group))
                         .map_err(Error::from);
                     let _ = p.reply.send(result);
+                }
+            }
+            Err(e) => {
+                // Not the data: the connection or the pool. Writing the groups one by one
+                // would meet the same failure once per group.
+                let message = e.to_string();
+                for p in batch {
+                    let _ = p.reply.send(Err(Error::SharedWrite(message.clone())));
                 }
             }
         }

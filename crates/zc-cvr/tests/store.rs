@@ -225,3 +225,58 @@ async fn flushes_of_many_groups_at_once_are_each_written_and_checked() {
     assert_eq!(taken.version, CvrVersion::default());
     assert!(taken.rows.is_empty() && taken.clients.is_empty());
 }
+
+/// A flush PostgreSQL refuses (jsonb has no NUL character, which a query's arguments may
+/// carry) fails alone: the other groups written with it in one batch are written.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_flush_fails_alone_in_a_batch() {
+    const GROUPS: usize = 30;
+    const BAD: usize = 25;
+    let db = TestDb::new().await;
+    let store = CvrStore::connect(db.url(), "zero", 0, 4)
+        .await
+        .expect("store");
+    let mut cvrs = Vec::new();
+    for i in 0..GROUPS {
+        cvrs.push(store.load(&format!("g{i}")).await.expect("load"));
+    }
+    // All flush at once (the refused one among the last), so that it shares a batch.
+    let mut tasks = tokio::task::JoinSet::new();
+    for (i, mut cvr) in cvrs.into_iter().enumerate() {
+        let store = store.clone();
+        tasks.spawn(async move {
+            let v = cvr.version.next_config();
+            cvr.version = v;
+            cvr.add_client("c");
+            let arg = if i == BAD { "a\u{0}b" } else { "ab" };
+            cvr.put_query(
+                "q1",
+                QueryRecord {
+                    name: Some("issues".into()),
+                    args: Some(serde_json::json!([arg])),
+                    ast: None,
+                    got: false,
+                    deleted: false,
+                    patch: v,
+                },
+            );
+            (i, store.flush(&mut cvr).await)
+        });
+    }
+    let mut failed = Vec::new();
+    while let Some(joined) = tasks.join_next().await {
+        let (i, result) = joined.expect("flush task");
+        match result {
+            Ok(()) => assert_ne!(i, BAD, "the NUL argument was written"),
+            Err(Error::Database(_)) => failed.push(i),
+            Err(e) => panic!("g{i}: unexpected error {e}"),
+        }
+    }
+    assert_eq!(failed, vec![BAD]);
+    for i in (0..GROUPS).filter(|i| *i != BAD) {
+        let loaded = store.load(&format!("g{i}")).await.expect("reload");
+        assert!(loaded.queries.contains_key("q1"), "g{i}'s query");
+    }
+    let bad = store.load(&format!("g{BAD}")).await.expect("reload");
+    assert!(bad.queries.is_empty());
+}
