@@ -232,7 +232,8 @@ impl CvrStore {
 
     /// Writes what changed in `cvr` since it was loaded or last flushed, in one
     /// transaction (shared with the flushes of other groups that wait at the same time;
-    /// see the writer module); fails with [`Error::OwnershipLost`] if another instance took the group.
+    /// see the writer module); fails with [`Error::OwnershipLost`] if another instance
+    /// took the group.
     pub async fn flush(&self, cvr: &mut Cvr) -> Result<(), Error> {
         if cvr.is_clean() {
             return Ok(());

@@ -23,6 +23,10 @@ use crate::Error;
 const WRITERS: usize = 2;
 /// The most groups one batch writes.
 const MAX_BATCH: usize = 128;
+/// The most entries (clients, queries, desires and rows) one batch writes, unless a single
+/// flush has more. A batch of fifty hydrations would be one statement of tens of thousands
+/// of rows, and a connection keeps a buffer the size of the largest statement it sent.
+const MAX_BATCH_ENTRIES: usize = 1024;
 /// How many flushes may wait (a group has at most one waiting; more groups than this wait
 /// to hand theirs over).
 const QUEUE: usize = 1024;
@@ -33,13 +37,20 @@ pub(crate) struct Flush {
     pub(crate) group: String,
     pub(crate) version: String,
     pub(crate) user_id: Option<String>,
-    /// The xmin of the group's row as this instance last wrote it (none right after a
-    /// load that found no row version to check).
+    /// The xmin of the group's row as this instance last wrote (or loaded) it; none for a
+    /// record that did not come from the store.
     pub(crate) stored_xmin: Option<String>,
     pub(crate) clients: Vec<String>,
     pub(crate) queries: Vec<QueryColumn>,
     pub(crate) desires: Vec<DesireColumn>,
     pub(crate) rows: Vec<RowColumn>,
+}
+
+impl Flush {
+    /// How many entries the flush writes besides the group's own row.
+    fn entries(&self) -> usize {
+        self.clients.len() + self.queries.len() + self.desires.len() + self.rows.len()
+    }
 }
 
 #[derive(Debug)]
@@ -138,7 +149,8 @@ struct Shared {
 impl Shared {
     async fn run(self: Arc<Self>) {
         // A flush of a group already in the batch waits for the next one (a group's
-        // rows must not be written twice by one statement).
+        // rows must not be written twice by one statement), as does one that would make
+        // the batch too large.
         let mut held: Option<Pending> = None;
         loop {
             let mut batch = Vec::new();
@@ -153,10 +165,12 @@ impl Shared {
                 };
                 let mut groups = HashSet::new();
                 groups.insert(first.flush.group.clone());
+                let mut entries = first.flush.entries();
                 batch.push(first);
                 while batch.len() < MAX_BATCH {
                     let Ok(next) = queue.try_recv() else { break };
-                    if !groups.insert(next.flush.group.clone()) {
+                    entries += next.flush.entries();
+                    if entries > MAX_BATCH_ENTRIES || !groups.insert(next.flush.group.clone()) {
                         held = Some(next);
                         break;
                     }

@@ -20,14 +20,14 @@ use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use warp::Filter;
-
-/// The most queued messages written to a socket before it is flushed.
-const MAX_FED: usize = 64;
 use zc_protocol::connect::{ConnectError, ConnectParams, parse_connect_path};
 use zc_protocol::messages::{
     ConnectedBody, Downstream, ErrorBody, ErrorKind, Upstream, parse_upstream,
 };
 use zc_sync::{Connection, Syncer};
+
+/// The most queued messages written to a socket before it is flushed.
+const MAX_FED: usize = 64;
 
 mod upgrade;
 
