@@ -87,6 +87,13 @@ pub enum ConnectError {
         /// Its value.
         value: String,
     },
+    /// An identifier parameter holds a NUL character (which no PostgreSQL text can hold,
+    /// so the client's record could not be stored).
+    #[error("invalid querystring parameter {name}: it contains a NUL character")]
+    NulCharacter {
+        /// The parameter.
+        name: &'static str,
+    },
     /// The `Sec-WebSocket-Protocol` header is missing.
     #[error("missing Sec-WebSocket-Protocol header")]
     MissingSecProtocol,
@@ -545,6 +552,16 @@ impl ConnectParams {
         let wsid = get("wsid").unwrap_or_default().to_owned();
         let user_id = get("userID").map(str::to_owned);
         let debug_perf = get("debugPerf") == Some("true");
+        for (name, value) in [
+            ("clientID", Some(&client_id)),
+            ("clientGroupID", Some(&client_group_id)),
+            ("userID", user_id.as_ref()),
+            ("baseCookie", base_cookie.as_ref()),
+        ] {
+            if value.is_some_and(|v| v.contains('\0')) {
+                return Err(ConnectError::NulCharacter { name });
+            }
+        }
         let mut extra: Vec<(String, String)> = Vec::new();
         for (k, v) in &pairs {
             if !KNOWN_PARAMS.contains(&k.as_str()) && !extra.iter().any(|(e, _)| e == k) {
@@ -673,6 +690,29 @@ mod tests {
         assert_eq!(parse_int(""), None);
         assert_eq!(parse_int("-"), None);
         assert_eq!(parse_int("99999999999999999999999"), None);
+    }
+
+    #[test]
+    fn identifiers_with_a_nul_character_are_refused() {
+        let ok = "clientID=c&clientGroupID=g&ts=1&lmid=0&userID=u&baseCookie=01";
+        assert!(ConnectParams::from_query(ok).is_ok());
+        for (name, query) in [
+            ("clientID", "clientID=c%00&clientGroupID=g&ts=1&lmid=0"),
+            ("clientGroupID", "clientID=c&clientGroupID=%00g&ts=1&lmid=0"),
+            (
+                "userID",
+                "clientID=c&clientGroupID=g&ts=1&lmid=0&userID=u%00",
+            ),
+            (
+                "baseCookie",
+                "clientID=c&clientGroupID=g&ts=1&lmid=0&baseCookie=0%001",
+            ),
+        ] {
+            match ConnectParams::from_query(query) {
+                Err(ConnectError::NulCharacter { name: n }) => assert_eq!(n, name),
+                other => panic!("{name}: expected a NUL refusal, got {other:?}"),
+            }
+        }
     }
 
     #[test]

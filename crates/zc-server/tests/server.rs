@@ -12,7 +12,7 @@ use tokio_util::sync::CancellationToken;
 use warp::Filter;
 use zc_protocol::connect::{ConnectParams, SecProtocol};
 use zc_protocol::messages::{
-    Downstream, ErrorKind, InitConnectionBody, RowPatchOp, UpQueriesPatchOp, Upstream,
+    Downstream, ErrorKind, ErroredQuery, InitConnectionBody, RowPatchOp, UpQueriesPatchOp, Upstream,
 };
 use zc_testkit::TestDb;
 use zc_testkit::client::{TestClient, params};
@@ -347,6 +347,52 @@ async fn many_clients_follow_upstream_writes_and_bad_frames_only_hurt_their_send
             other => panic!("expected pong, got {other:?}"),
         }
     }
+    server.stop().await;
+}
+
+/// A desired query holding a NUL character (no PostgreSQL text or jsonb can hold one, so
+/// its CVR record could not be written) is refused alone with a query error; the client's
+/// other query and its group go on. Before, the group's every CVR write failed, and the
+/// client reconnected into the same failure.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_query_holding_a_nul_character_is_refused_alone() {
+    let db = TestDb::new().await;
+    seed(&db).await;
+    let server = Server::start(&db, spawn_query_endpoint()).await;
+    let init = InitConnectionBody::new(vec![
+        named("nul1", "openIssues", vec![json!({"title": "a\u{0}b"})]),
+        named("j89s9yb1osb", "openIssues", vec![]),
+    ]);
+    let mut c = connected(
+        &server.base,
+        params("g", "c", None),
+        Some(&init),
+        Some("token"),
+    )
+    .await;
+    let mut view = view_until_got(&mut c, "j89s9yb1osb").await;
+    assert_eq!(view.ids(), vec!["i1", "i2"]);
+    assert!(!view.got.iter().any(|h| h == "nul1"));
+    let refused = c.other.iter().any(|m| match m {
+        Downstream::TransformError(errors) => errors.iter().any(|e| {
+            matches!(e, ErroredQuery::Parse { id, message, .. }
+                if id == "nul1" && message.contains("NUL"))
+        }),
+        _ => false,
+    });
+    assert!(refused, "no query error for the NUL query: {:?}", c.other);
+
+    // The group still writes its record and follows upstream writes.
+    db.exec("INSERT INTO issue VALUES ('i0', 'zeroth', false, 0)")
+        .await;
+    while !view.ids().contains(&"i0".to_owned()) {
+        view.apply(&c.poke().await.expect("poke after write"));
+    }
+    assert!(
+        !c.other.iter().any(|m| matches!(m, Downstream::Error(_))),
+        "{:?}",
+        c.other
+    );
     server.stop().await;
 }
 

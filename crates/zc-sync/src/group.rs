@@ -30,6 +30,23 @@ use crate::hub::{Output, Step, StepKind, Subscription};
 use crate::permissions::Permissions;
 use crate::service::{Connection, Shared};
 
+/// Whether a desired query holds a NUL character anywhere: PostgreSQL's text and jsonb
+/// cannot, so its CVR record could not be stored.
+fn holds_nul(hash: &str, name: Option<&str>, args: Option<&[Json]>, ast: Option<&Ast>) -> bool {
+    fn json_holds_nul(v: &Json) -> bool {
+        match v {
+            Json::String(s) => s.contains('\0'),
+            Json::Array(a) => a.iter().any(json_holds_nul),
+            Json::Object(o) => o.iter().any(|(k, v)| k.contains('\0') || json_holds_nul(v)),
+            _ => false,
+        }
+    }
+    hash.contains('\0')
+        || name.is_some_and(|n| n.contains('\0'))
+        || args.is_some_and(|a| a.iter().any(json_holds_nul))
+        || ast.is_some_and(|a| serde_json::to_value(a).is_ok_and(|v| json_holds_nul(&v)))
+}
+
 /// Messages to a group actor.
 #[derive(Debug)]
 pub(crate) enum GroupMsg {
@@ -1151,6 +1168,7 @@ impl Group {
         let at = self.next_version();
         let mut added: Vec<(String, QueryRecord)> = Vec::new();
         let mut removed = Vec::new();
+        let mut refused = Vec::new();
         for op in patch {
             match op {
                 UpQueriesPatchOp::Put {
@@ -1160,6 +1178,17 @@ impl Group {
                     args,
                     ttl,
                 } => {
+                    if holds_nul(&hash, name.as_deref(), args.as_deref(), ast.as_deref()) {
+                        // The CVR could not store it: refused alone, the rest goes on.
+                        refused.push(ErroredQuery::Parse {
+                            id: hash,
+                            name: name.unwrap_or_default(),
+                            message: "the query contains a NUL character, which zc cannot store"
+                                .to_owned(),
+                            details: None,
+                        });
+                        continue;
+                    }
                     self.cvr.desire(client, &hash, ttl, at);
                     let known =
                         self.cvr.queries.get(&hash).is_some_and(|q| {
@@ -1197,6 +1226,11 @@ impl Group {
                     }
                 }
             }
+        }
+        if !refused.is_empty()
+            && let Some(c) = self.clients.get(client)
+        {
+            let _ = c.out.send(Downstream::TransformError(refused)).await;
         }
         // A query no client desires stays for its time to live (see `expire`).
         let now = now_ms();
