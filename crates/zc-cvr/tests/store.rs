@@ -1,7 +1,7 @@
 //! The CVR store against a real PostgreSQL: records survive a reload, catch-up from a cookie
 //! names only what changed after it, and a second owner makes the first one's flush fail.
 
-use zc_cvr::{CvrStore, CvrVersion, Error, QueryRecord, RowId};
+use zc_cvr::{Cvr, CvrStore, CvrVersion, Error, QueryRecord, RowId};
 use zc_testkit::TestDb;
 use zc_types::Lsn;
 
@@ -12,12 +12,50 @@ fn row(key: &str) -> RowId {
     }
 }
 
+async fn connect(db: &TestDb, max_connections: u32) -> CvrStore {
+    CvrStore::connect(db.url(), "zero", 0, max_connections)
+        .await
+        .expect("store")
+}
+
+/// Loads groups `g0`..`g{n-1}`.
+async fn load_groups(store: &CvrStore, n: usize) -> Vec<Cvr> {
+    let mut cvrs = Vec::with_capacity(n);
+    for i in 0..n {
+        cvrs.push(store.load(&format!("g{i}")).await.expect("load"));
+    }
+    cvrs
+}
+
+/// Changes every record with `edit` (given its index) and flushes them all at once, each
+/// from a task of its own; the records and results come back in index order.
+async fn flush_at_once(
+    store: &CvrStore,
+    cvrs: Vec<Cvr>,
+    edit: impl Fn(usize, &mut Cvr) + Clone + Send + 'static,
+) -> Vec<(usize, Cvr, Result<(), Error>)> {
+    let mut tasks = tokio::task::JoinSet::new();
+    for (i, mut cvr) in cvrs.into_iter().enumerate() {
+        let store = store.clone();
+        let edit = edit.clone();
+        tasks.spawn(async move {
+            edit(i, &mut cvr);
+            let result = store.flush(&mut cvr).await;
+            (i, cvr, result)
+        });
+    }
+    let mut done = Vec::new();
+    while let Some(joined) = tasks.join_next().await {
+        done.push(joined.expect("flush task"));
+    }
+    done.sort_by_key(|(i, ..)| *i);
+    done
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn records_round_trip_and_catch_up_from_a_cookie() {
     let db = TestDb::new().await;
-    let store = CvrStore::connect(db.url(), "zero", 0, 2)
-        .await
-        .expect("store");
+    let store = connect(&db, 2).await;
     let mut cvr = store.load("g1").await.expect("load");
     assert_eq!(cvr.version, CvrVersion::default());
 
@@ -97,12 +135,8 @@ async fn records_round_trip_and_catch_up_from_a_cookie() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_second_instance_takes_a_group_over() {
     let db = TestDb::new().await;
-    let first = CvrStore::connect(db.url(), "zero", 0, 2)
-        .await
-        .expect("store");
-    let second = CvrStore::connect(db.url(), "zero", 0, 2)
-        .await
-        .expect("store");
+    let first = connect(&db, 2).await;
+    let second = connect(&db, 2).await;
     let mut mine = first.load("g").await.expect("load");
     let _theirs = second.load("g").await.expect("load");
     mine.version = mine.version.next_config();
@@ -115,9 +149,7 @@ async fn a_second_instance_takes_a_group_over() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_lost_flush_makes_the_next_one_fail_until_reloaded() {
     let db = TestDb::new().await;
-    let store = CvrStore::connect(db.url(), "zero", 0, 2)
-        .await
-        .expect("store");
+    let store = connect(&db, 2).await;
     let mut cvr = store.load("g").await.expect("load");
     let v1 = cvr.version.next_config();
     cvr.version = v1;
@@ -159,37 +191,21 @@ async fn a_lost_flush_makes_the_next_one_fail_until_reloaded() {
 async fn flushes_of_many_groups_at_once_are_each_written_and_checked() {
     const GROUPS: usize = 40;
     let db = TestDb::new().await;
-    let store = CvrStore::connect(db.url(), "zero", 0, 4)
-        .await
-        .expect("store");
-    let other = CvrStore::connect(db.url(), "zero", 0, 1)
-        .await
-        .expect("store");
-    let mut cvrs = Vec::new();
-    for i in 0..GROUPS {
-        cvrs.push(store.load(&format!("g{i}")).await.expect("load"));
-    }
+    let store = connect(&db, 4).await;
+    let other = connect(&db, 1).await;
+    let mut cvrs = load_groups(&store, GROUPS).await;
     // Another instance takes one group over.
     let _taken = other.load("g7").await.expect("load");
 
     for round in 1..=2u64 {
-        let mut tasks = tokio::task::JoinSet::new();
-        for (i, mut cvr) in cvrs.drain(..).enumerate() {
-            let store = store.clone();
-            tasks.spawn(async move {
-                let v = cvr.version.advance_to(Lsn(round * 100));
-                cvr.version = v;
-                cvr.add_client(&format!("c{i}"));
-                cvr.adjust_row(&row(&format!("{i}-{round}")), "q1", 1, v);
-                let result = store.flush(&mut cvr).await;
-                (i, cvr, result)
-            });
-        }
-        let mut done = Vec::new();
-        while let Some(joined) = tasks.join_next().await {
-            done.push(joined.expect("flush task"));
-        }
-        done.sort_by_key(|(i, ..)| *i);
+        let done = flush_at_once(&store, cvrs, move |i, cvr| {
+            let v = cvr.version.advance_to(Lsn(round * 100));
+            cvr.version = v;
+            cvr.add_client(&format!("c{i}"));
+            cvr.adjust_row(&row(&format!("{i}-{round}")), "q1", 1, v);
+        })
+        .await;
+        cvrs = Vec::with_capacity(done.len());
         for (i, cvr, result) in done {
             match (i, result) {
                 (7, Err(Error::OwnershipLost(g))) => assert_eq!(g, "g7"),
@@ -233,39 +249,29 @@ async fn a_refused_flush_fails_alone_in_a_batch() {
     const GROUPS: usize = 30;
     const BAD: usize = 25;
     let db = TestDb::new().await;
-    let store = CvrStore::connect(db.url(), "zero", 0, 4)
-        .await
-        .expect("store");
-    let mut cvrs = Vec::new();
-    for i in 0..GROUPS {
-        cvrs.push(store.load(&format!("g{i}")).await.expect("load"));
-    }
+    let store = connect(&db, 4).await;
+    let cvrs = load_groups(&store, GROUPS).await;
     // All flush at once (the refused one among the last), so that it shares a batch.
-    let mut tasks = tokio::task::JoinSet::new();
-    for (i, mut cvr) in cvrs.into_iter().enumerate() {
-        let store = store.clone();
-        tasks.spawn(async move {
-            let v = cvr.version.next_config();
-            cvr.version = v;
-            cvr.add_client("c");
-            let arg = if i == BAD { "a\u{0}b" } else { "ab" };
-            cvr.put_query(
-                "q1",
-                QueryRecord {
-                    name: Some("issues".into()),
-                    args: Some(serde_json::json!([arg])),
-                    ast: None,
-                    got: false,
-                    deleted: false,
-                    patch: v,
-                },
-            );
-            (i, store.flush(&mut cvr).await)
-        });
-    }
+    let done = flush_at_once(&store, cvrs, |i, cvr| {
+        let v = cvr.version.next_config();
+        cvr.version = v;
+        cvr.add_client("c");
+        let arg = if i == BAD { "a\u{0}b" } else { "ab" };
+        cvr.put_query(
+            "q1",
+            QueryRecord {
+                name: Some("issues".into()),
+                args: Some(serde_json::json!([arg])),
+                ast: None,
+                got: false,
+                deleted: false,
+                patch: v,
+            },
+        );
+    })
+    .await;
     let mut failed = Vec::new();
-    while let Some(joined) = tasks.join_next().await {
-        let (i, result) = joined.expect("flush task");
+    for (i, _, result) in done {
         match result {
             Ok(()) => assert_ne!(i, BAD, "the NUL argument was written"),
             Err(Error::Database(_)) => failed.push(i),

@@ -207,6 +207,21 @@ async fn view_until_got(c: &mut TestClient, hash: &str) -> View {
     view
 }
 
+/// Applies `c`'s pokes to `view` until it holds the row `id`.
+async fn apply_until_row(c: &mut TestClient, view: &mut View, id: &str) {
+    while !view.ids().iter().any(|i| i == id) {
+        view.apply(&c.poke().await.expect("poke after write"));
+    }
+}
+
+/// The value of the gauge `name` of app `app` in a Prometheus text exposition.
+fn gauge(metrics: &str, name: &str, app: &str) -> Option<String> {
+    let label = format!("{name}{{app=\"{app}\"}} ");
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(label.as_str()).map(str::to_owned))
+}
+
 async fn seed(db: &TestDb) {
     db.exec(
         "CREATE TABLE issue (id text PRIMARY KEY, title text NOT NULL, done boolean NOT NULL, n float8);
@@ -296,15 +311,9 @@ async fn many_clients_follow_upstream_writes_and_bad_frames_only_hurt_their_send
         clients.push((c, view));
     }
     // The four groups run the same query for the same user: one pipeline.
-    let pipelines = |metrics: String| {
-        let label = format!("zc_sync_pipelines{{app=\"{}\"}} ", db.name);
-        metrics
-            .lines()
-            .find_map(|l| l.strip_prefix(label.as_str()).map(str::to_owned))
-    };
     let metrics = reqwest_get(&format!("{}/metrics", server.base)).await;
     assert_eq!(
-        pipelines(metrics.clone()).as_deref(),
+        gauge(&metrics, "zc_sync_pipelines", &db.name).as_deref(),
         Some("1"),
         "{metrics}"
     );
@@ -329,9 +338,7 @@ async fn many_clients_follow_upstream_writes_and_bad_frames_only_hurt_their_send
     db.exec("INSERT INTO issue VALUES ('i0', 'zeroth', false, 0)")
         .await;
     for (c, view) in &mut clients {
-        while !view.ids().contains(&"i0".to_owned()) {
-            view.apply(&c.poke().await.expect("poke after write"));
-        }
+        apply_until_row(c, view, "i0").await;
         assert_eq!(view.ids(), vec!["i0", "i1", "i2"]);
     }
 
@@ -385,9 +392,7 @@ async fn a_query_holding_a_nul_character_is_refused_alone() {
     // The group still writes its record and follows upstream writes.
     db.exec("INSERT INTO issue VALUES ('i0', 'zeroth', false, 0)")
         .await;
-    while !view.ids().contains(&"i0".to_owned()) {
-        view.apply(&c.poke().await.expect("poke after write"));
-    }
+    apply_until_row(&mut c, &mut view, "i0").await;
     assert!(
         !c.other.iter().any(|m| matches!(m, Downstream::Error(_))),
         "{:?}",
@@ -407,10 +412,7 @@ async fn a_group_without_clients_stops_while_writes_go_on() {
     let server = Server::start(&db, spawn_query_endpoint()).await;
     let groups = || async {
         let metrics = reqwest_get(&format!("{}/metrics", server.base)).await;
-        let label = format!("zc_sync_client_groups{{app=\"{}\"}} ", db.name);
-        metrics
-            .lines()
-            .find_map(|l| l.strip_prefix(label.as_str()).map(str::to_owned))
+        gauge(&metrics, "zc_sync_client_groups", &db.name)
     };
     let init = InitConnectionBody::new(vec![named("j89s9yb1osb", "openIssues", vec![])]);
     let connect = || async {
