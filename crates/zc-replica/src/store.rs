@@ -1546,6 +1546,21 @@ impl Snapshot {
         }
     }
 
+    /// The version of the last change the change log holds for the row of `table` whose
+    /// primary key values (in the table's key order) are `key`: one lookup, however long
+    /// the log. None when the log has no entry for the row.
+    pub fn last_change(&self, table: &TableName, key: &[Value]) -> Result<Option<Lsn>> {
+        let rows = match self.txn.open_table(CHANGELOG_ROWS) {
+            Ok(t) => t,
+            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(None),
+            Err(e) => return Err(e.into()),
+        };
+        let mut row_id = storage_key(table).into_bytes();
+        row_id.push(0);
+        row_id.extend_from_slice(&key::encode(key.iter()));
+        Ok(rows.get(row_id.as_slice())?.map(|v| Lsn(v.value())))
+    }
+
     /// The change log entries with versions in `(after, upto]`, in version order.
     pub fn changes(&self, after: Lsn, upto: Lsn) -> Result<Vec<ChangeLogEntry>> {
         let log = match self.txn.open_table(CHANGELOG) {
@@ -1724,6 +1739,20 @@ mod tests {
         assert_eq!(ops.len(), 4);
         assert!(ops.contains(&(Some(vec![Value::Int(1)]), ChangeOp::Delete)));
         assert!(ops.contains(&(Some(vec![Value::Int(10)]), ChangeOp::Set)));
+        // Each row's last change, by key: the copied row 1 moved away (a delete), row 10
+        // came, row 3 was inserted; row 99 never changed.
+        for (k, last) in [
+            (1, Some(Lsn(20))),
+            (10, Some(Lsn(20))),
+            (3, Some(Lsn(20))),
+            (99, None),
+        ] {
+            assert_eq!(
+                snap.last_change(&t, &[Value::Int(k)]).unwrap(),
+                last,
+                "row {k}"
+            );
+        }
         drop(snap);
 
         // The same transaction again, and an older one: nothing changes.

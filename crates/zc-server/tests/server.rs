@@ -466,6 +466,88 @@ async fn a_group_without_clients_stops_while_writes_go_on() {
     server.stop().await;
 }
 
+/// A client that comes back with its cookie to a group whose actor had stopped gets the
+/// rows its queries hold that changed upstream meanwhile: the new actor resumes from the
+/// CVR and looks up each held row's last change in the replica.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_resumed_group_puts_the_rows_changed_while_it_was_gone() {
+    let db = TestDb::new().await;
+    seed(&db).await;
+    let server = Server::start(&db, spawn_query_endpoint()).await;
+    let groups = || async {
+        let metrics = reqwest_get(&format!("{}/metrics", server.base)).await;
+        gauge(&metrics, "zc_sync_client_groups", &db.name)
+    };
+    let init = InitConnectionBody::new(vec![named("j89s9yb1osb", "openIssues", vec![])]);
+    let mut c = connected(
+        &server.base,
+        params("resumed", "c1", None),
+        Some(&init),
+        Some("token"),
+    )
+    .await;
+    let mut view = View::default();
+    let mut cookie = String::new();
+    while !view.got.iter().any(|h| h == "j89s9yb1osb") {
+        let poke = c.poke().await.expect("poke");
+        view.apply(&poke);
+        cookie.clone_from(&poke.end.cookie);
+    }
+    assert_eq!(view.ids(), vec!["i1", "i2"]);
+    drop(c);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while groups().await.as_deref() != Some("0") {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the group did not stop"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    // Changed while the group is gone; another group shows when the replica has it.
+    db.exec("UPDATE issue SET title = 'changed while gone' WHERE id = 'i1'")
+        .await;
+    let title = |view: &View| {
+        view.rows
+            .iter()
+            .find_map(|((_, id), v)| (id == "\"i1\"").then(|| v["title"].clone()))
+    };
+    let mut other = connected(
+        &server.base,
+        params("watcher", "w1", None),
+        Some(&init),
+        Some("token"),
+    )
+    .await;
+    let mut seen = view_until_got(&mut other, "j89s9yb1osb").await;
+    while title(&seen) != Some(json!("changed while gone")) {
+        seen.apply(&other.poke().await.expect("poke of the watcher"));
+    }
+
+    let mut c = connected(
+        &server.base,
+        params("resumed", "c2", Some(&cookie)),
+        Some(&init),
+        Some("token"),
+    )
+    .await;
+    while title(&view) != Some(json!("changed while gone")) {
+        let poke = tokio::time::timeout(Duration::from_secs(10), c.poke())
+            .await
+            .ok()
+            .flatten();
+        let Some(poke) = poke else {
+            panic!("the row changed while the group was gone did not come: {view:?}");
+        };
+        assert_eq!(poke.start.base_cookie.as_deref(), Some(cookie.as_str()));
+        view.apply(&poke);
+        cookie.clone_from(&poke.end.cookie);
+    }
+    assert_eq!(view.ids(), vec!["i1", "i2"]);
+    drop((c, other));
+    server.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connection_errors_are_the_protocols() {
     let db = TestDb::new().await;

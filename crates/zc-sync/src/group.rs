@@ -881,34 +881,6 @@ impl Group {
             self.drop_query(&h, at);
             changed = true;
         }
-        // Rows changed in the replica since the CVR's state.
-        let touched: BTreeSet<(String, String)> = if self.version > self.cvr.version.state {
-            match self
-                .sources
-                .snapshot()
-                .changes(self.cvr.version.state, self.version)
-            {
-                Ok(entries) => entries
-                    .into_iter()
-                    .map(|e| {
-                        (
-                            e.table.zero_name(),
-                            e.key
-                                .map(|k| {
-                                    serde_json::to_string(
-                                        &k.iter().map(Value::to_json).collect::<Vec<_>>(),
-                                    )
-                                    .unwrap_or_default()
-                                })
-                                .unwrap_or_default(),
-                        )
-                    })
-                    .collect(),
-                Err(e) => return Err(ErrorBody::internal(format!("replica: {e}"))),
-            }
-        } else {
-            BTreeSet::new()
-        };
         let creds = self
             .clients
             .values()
@@ -949,24 +921,36 @@ impl Group {
                 }
             }
         }
-        // Held rows whose contents changed upstream since the CVR was written.
-        let held: Vec<RowId> = self.values.keys().cloned().collect();
-        for id in held {
-            if let Some(spec) = self.sources.spec(&id.table) {
-                let key: Vec<Json> =
-                    match serde_json::from_str::<serde_json::Map<String, Json>>(&id.key) {
-                        Ok(m) => spec
-                            .key
-                            .iter()
-                            .map(|&k| m.get(&spec.columns[k].name).cloned().unwrap_or(Json::Null))
-                            .collect(),
-                        Err(_) => continue,
-                    };
-                let k = serde_json::to_string(&key).unwrap_or_default();
-                if touched.contains(&(id.table.to_string(), k)) {
-                    self.cvr.touch_row(&id, at);
-                    changed = true;
+        // Held rows whose contents changed upstream since the CVR was written: each one's
+        // last change is looked up in the replica's change log, so that the work follows
+        // what the group holds, not how much changed upstream meanwhile (a new group's CVR
+        // is at version 0, and the log keeps an entry for every row ever changed). Rows
+        // the resume itself just added or adjusted are put to the clients anyway.
+        if self.version > self.cvr.version.state {
+            let since = self.cvr.version.state;
+            let snapshot = self.sources.snapshot();
+            let mut touched = Vec::new();
+            for (id, row) in &self.values {
+                if self.cvr.rows.get(id).is_none_or(|r| r.patch == at) {
+                    continue;
                 }
+                let Some(spec) = self.sources.spec(&id.table) else {
+                    continue;
+                };
+                let key: Vec<Value> = spec
+                    .key
+                    .iter()
+                    .map(|&k| row.get(k).cloned().unwrap_or(Value::Null))
+                    .collect();
+                match snapshot.last_change(&spec.name, &key) {
+                    Ok(Some(v)) if v > since => touched.push(id.clone()),
+                    Ok(_) => {}
+                    Err(e) => return Err(ErrorBody::internal(format!("replica: {e}"))),
+                }
+            }
+            for id in touched {
+                self.cvr.touch_row(&id, at);
+                changed = true;
             }
         }
         // Rows the CVR holds that no live query produced any more are released above; rows
