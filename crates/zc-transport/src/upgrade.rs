@@ -21,6 +21,11 @@ pub(crate) type Socket = WebSocketStream<hyper_util::rt::TokioIo<Upgraded>>;
 const READ_BUFFER: usize = 8 << 10;
 /// The largest message accepted from a client (tungstenite's default, as with warp before).
 const MAX_MESSAGE: usize = 64 << 20;
+/// Frames are gathered up to this many bytes before they are written to the socket, so
+/// that a poke's start, rows and end go out in one write. The buffer keeps the largest
+/// size it reached for the life of the connection: at tungstenite's default (128 KiB) a
+/// hydration's poke parts grew it to about 256 KiB on every connection.
+const WRITE_BUFFER: usize = 16 << 10;
 
 /// A request asking for a WebSocket, to be answered with [`Upgrade::reply`].
 pub(crate) struct Upgrade {
@@ -135,6 +140,7 @@ impl Upgrade {
         };
         let config = WebSocketConfig::default()
             .read_buffer_size(READ_BUFFER)
+            .write_buffer_size(WRITE_BUFFER)
             .max_message_size(Some(MAX_MESSAGE));
         zc_types::task::spawn_named(
             "ws-upgrade",
