@@ -195,7 +195,7 @@ async function open({clients: specs, cacheURL, timeoutMs}) {
       tFirstMessage: c.tFirstMessage,
       rows: c.rows,
       resultType: c.resultType,
-      connection: c.z.connection?.state?.current?.name,
+      connection: `${c.z.connection?.state?.current?.name} client ${c.z.clientID} resultType ${c.resultType} seen ${c.seen.size}`,
       errors: c.errors,
     })),
   };
