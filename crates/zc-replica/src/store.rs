@@ -1753,6 +1753,11 @@ mod tests {
                 "row {k}"
             );
         }
+        assert_eq!(
+            snap.last_change(&t, &[]).unwrap(),
+            None,
+            "no table-wide change"
+        );
         drop(snap);
 
         // The same transaction again, and an older one: nothing changes.
@@ -1815,6 +1820,10 @@ mod tests {
         let log = r.snapshot().unwrap().changes(Lsn(20), Lsn(40)).unwrap();
         assert_eq!(log.len(), 1);
         assert_eq!((log[0].key.clone(), log[0].op), (None, ChangeOp::Truncate));
+        assert_eq!(
+            r.snapshot().unwrap().last_change(&t, &[]).unwrap(),
+            Some(Lsn(40))
+        );
 
         // Reopening keeps everything.
         drop(r);

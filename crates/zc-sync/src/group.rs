@@ -924,11 +924,20 @@ impl Group {
         // Held rows whose contents changed upstream since the CVR was written: each one's
         // last change is looked up in the replica's change log, so that the work follows
         // what the group holds, not how much changed upstream meanwhile (a new group's CVR
-        // is at version 0, and the log keeps an entry for every row ever changed). Rows
-        // the resume itself just added or adjusted are put to the clients anyway.
+        // is at version 0, and the log keeps an entry for every row ever changed). A
+        // table-wide entry (a truncation, or the table copied again after a schema change)
+        // counts for every held row of the table. Rows the resume itself just added or
+        // adjusted are put to the clients anyway.
         if self.version > self.cvr.version.state {
             let since = self.cvr.version.state;
             let snapshot = self.sources.snapshot();
+            let changed_since = |table: &TableName, key: &[Value]| {
+                snapshot
+                    .last_change(table, key)
+                    .map(|v| v.is_some_and(|v| v > since))
+                    .map_err(|e| ErrorBody::internal(format!("replica: {e}")))
+            };
+            let mut whole_table: HashMap<&str, bool> = HashMap::new();
             let mut touched = Vec::new();
             for (id, row) in &self.values {
                 if self.cvr.rows.get(id).is_none_or(|r| r.patch == at) {
@@ -937,15 +946,21 @@ impl Group {
                 let Some(spec) = self.sources.spec(&id.table) else {
                     continue;
                 };
+                let all = match whole_table.get(&*id.table) {
+                    Some(&all) => all,
+                    None => {
+                        let all = changed_since(&spec.name, &[])?;
+                        whole_table.insert(&id.table, all);
+                        all
+                    }
+                };
                 let key: Vec<Value> = spec
                     .key
                     .iter()
                     .map(|&k| row.get(k).cloned().unwrap_or(Value::Null))
                     .collect();
-                match snapshot.last_change(&spec.name, &key) {
-                    Ok(Some(v)) if v > since => touched.push(id.clone()),
-                    Ok(_) => {}
-                    Err(e) => return Err(ErrorBody::internal(format!("replica: {e}"))),
+                if all || changed_since(&spec.name, &key)? {
+                    touched.push(id.clone());
                 }
             }
             for id in touched {
