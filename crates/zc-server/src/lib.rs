@@ -332,9 +332,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Erro
         cvr,
     );
     let addr = std::net::SocketAddr::from(([0, 0, 0, 0], config.port));
-    let listener = tokio::net::TcpListener::bind(addr)
-        .await
-        .map_err(|source| Error::Listen { addr, source })?;
+    let listener = listen(addr).map_err(|source| Error::Listen { addr, source })?;
     info!(%addr, "zc is serving /sync/v51/connect");
     let handle = metrics_handle();
     let render: zc_transport::MetricsRender = std::sync::Arc::new(move || {
@@ -355,6 +353,22 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Erro
     let _ = server.await;
     info!("zc stopped");
     result
+}
+
+/// Listens on `addr` with TCP_NODELAY set, which Linux copies to every accepted connection:
+/// a poke's end is a small write that follows its rows after the CVR flush, and with
+/// Nagle's algorithm it waited for the client's delayed acknowledgement of the rows (about
+/// 40 ms; zero-cache's Node server sets no-delay too).
+fn listen(addr: std::net::SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.set_nodelay(true)?;
+    socket.bind(addr)?;
+    socket.listen(1024)
 }
 
 fn finish_replication(
@@ -391,4 +405,19 @@ pub fn spawn_signal_handler(token: CancellationToken) -> tokio::task::JoinHandle
         info!("shutting down");
         token.cancel();
     })
+}
+
+#[cfg(test)]
+mod tests {
+    /// Connections accepted by the server's listener do not delay small writes.
+    #[tokio::test]
+    async fn accepted_connections_have_no_delay() {
+        let listener =
+            super::listen(std::net::SocketAddr::from(([127, 0, 0, 1], 0))).expect("listen");
+        let addr = listener.local_addr().expect("address");
+        let client = tokio::net::TcpStream::connect(addr).await.expect("connect");
+        let (accepted, _) = listener.accept().await.expect("accept");
+        assert!(accepted.nodelay().expect("nodelay"));
+        drop(client);
+    }
 }
