@@ -1548,7 +1548,9 @@ impl Snapshot {
 
     /// The version of the last change the change log holds for the row of `table` whose
     /// primary key values (in the table's key order) are `key`: one lookup, however long
-    /// the log. None when the log has no entry for the row.
+    /// the log. None when the log has no entry for the row. An empty `key` gives the
+    /// table's last table-wide entry (a truncation, or the table copied again), which
+    /// changed every row of the table.
     pub fn last_change(&self, table: &TableName, key: &[Value]) -> Result<Option<Lsn>> {
         let rows = match self.txn.open_table(CHANGELOG_ROWS) {
             Ok(t) => t,
