@@ -154,19 +154,25 @@ impl Shared {
         let mut held: Option<Pending> = None;
         loop {
             let mut batch = Vec::new();
-            {
-                let mut queue = self.queue.lock().await;
-                let first = match held.take() {
-                    Some(p) => p,
-                    None => match queue.recv().await {
-                        Some(p) => p,
+            // The queue's lock is held by a writer that waits for a flush to come: a
+            // writer with a flush set aside must not wait for that lock (if no flush
+            // comes, the one set aside would never be written and its group would wait
+            // for ever), it writes what it has and takes more only if the queue is free.
+            let (first, queue) = match held.take() {
+                Some(p) => (p, self.queue.try_lock().ok()),
+                None => {
+                    let mut queue = self.queue.lock().await;
+                    match queue.recv().await {
+                        Some(p) => (p, Some(queue)),
                         None => return,
-                    },
-                };
-                let mut groups = HashSet::new();
-                groups.insert(first.flush.group.clone());
-                let mut entries = first.flush.entries();
-                batch.push(first);
+                    }
+                }
+            };
+            let mut groups = HashSet::new();
+            groups.insert(first.flush.group.clone());
+            let mut entries = first.flush.entries();
+            batch.push(first);
+            if let Some(mut queue) = queue {
                 while batch.len() < MAX_BATCH {
                     let Ok(next) = queue.try_recv() else { break };
                     entries += next.flush.entries();

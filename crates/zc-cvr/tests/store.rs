@@ -286,3 +286,42 @@ async fn a_refused_flush_fails_alone_in_a_batch() {
     let bad = store.load(&format!("g{BAD}")).await.expect("reload");
     assert!(bad.queries.is_empty());
 }
+
+/// Flushes too large to share one batch (a hydration puts hundreds of rows) all complete
+/// when they come at once and nothing comes after them: a writer that set one aside for
+/// its next batch writes it without waiting for the queue, which the other writer holds
+/// while it waits for a flush that may never come. The hang depends on timing, hence the
+/// rounds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn large_flushes_at_once_are_all_written() {
+    const GROUPS: usize = 4;
+    const ROWS: usize = 600;
+    let db = TestDb::new().await;
+    let store = connect(&db, 4).await;
+    let mut cvrs = load_groups(&store, GROUPS).await;
+    for round in 0..20 {
+        let done = tokio::time::timeout(
+            std::time::Duration::from_secs(20),
+            flush_at_once(&store, cvrs, move |i, cvr| {
+                let v = cvr.version.next_config();
+                cvr.version = v;
+                cvr.add_client("c");
+                for r in 0..ROWS {
+                    cvr.adjust_row(&row(&format!("{i}-{round}-{r}")), "q1", 1, v);
+                }
+            }),
+        )
+        .await
+        .unwrap_or_else(|_| panic!("round {round}: a flush never completed"));
+        cvrs = Vec::with_capacity(GROUPS);
+        for (i, cvr, result) in done {
+            result.unwrap_or_else(|e| panic!("round {round}: g{i}'s flush failed: {e}"));
+            cvrs.push(cvr);
+        }
+    }
+    for (i, cvr) in cvrs.iter().enumerate() {
+        let loaded = store.load(&format!("g{i}")).await.expect("reload");
+        assert_eq!(loaded.version, cvr.version, "g{i}'s version");
+        assert_eq!(loaded.rows.len(), 20 * ROWS, "g{i}'s rows");
+    }
+}
