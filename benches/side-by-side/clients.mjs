@@ -35,7 +35,20 @@ const lastPokeEnd = new Map();
 // socket's opening and the server's answer.
 const socketAt = new Map();
 const firstMessageAt = new Map();
+// The first messages each client's socket sent and received (short ones whole, others
+// by tag and size, a run of poke parts counted), reported for a client that did not
+// complete.
+const traces = new Map();
 class BenchWebSocket extends WS {
+  send(data, ...rest) {
+    const trace = traces.get(this.clientID);
+    if (trace && trace.length < 24) {
+      const text = String(data);
+      trace.push({tag: '>', n: 1, text: `> ${text.slice(0, 120)}`});
+    }
+    return super.send(data, ...rest);
+  }
+
   constructor(...args) {
     super(...args);
     this.on('error', () => {});
@@ -46,9 +59,21 @@ class BenchWebSocket extends WS {
       id = undefined;
     }
     if (id) {
+      this.clientID = id;
       socketAt.set(id, now());
       firstMessageAt.delete(id);
+      const trace = [];
+      traces.set(id, trace);
       this.on('message', data => {
+        if (trace.length < 24) {
+          const tag = data.toString('utf8', 2, Math.min(data.length, 40)).split('"')[0];
+          const last = trace.at(-1);
+          if (last?.tag === tag && tag === 'pokePart') {
+            last.n++;
+          } else {
+            trace.push({tag, n: 1, text: data.length < 200 ? data.toString('utf8') : `${tag}@${data.length}`});
+          }
+        }
         if (!firstMessageAt.has(id)) {
           firstMessageAt.set(id, now());
         }
@@ -185,6 +210,17 @@ async function open({clients: specs, cacheURL, timeoutMs}) {
     new Promise(r => (timer = setTimeout(r, timeoutMs))),
   ]);
   clearTimeout(timer);
+  // A client that did not complete: what its local store holds (the raw key map of
+  // its Replicache: `g/` got queries, `d/` desired queries, `e/` rows), to tell a poke
+  // that never arrived or was not applied from a completion the client did not report.
+  for (const c of started) {
+    if (c.tComplete === undefined) {
+      c.store = await Promise.race([
+        storeSummary(c),
+        new Promise(r => setTimeout(() => r('inspector did not answer'), 5000)),
+      ]);
+    }
+  }
   return {
     results: started.map(c => ({
       key: c.key,
@@ -195,10 +231,23 @@ async function open({clients: specs, cacheURL, timeoutMs}) {
       tFirstMessage: c.tFirstMessage,
       rows: c.rows,
       resultType: c.resultType,
-      connection: `${c.z.connection?.state?.current?.name} client ${c.z.clientID} resultType ${c.resultType} seen ${c.seen.size}`,
+      connection: `${c.z.connection?.state?.current?.name} client ${c.z.clientID} resultType ${c.resultType} seen ${c.seen.size}${c.store ? ` store ${c.store}` : ''}`,
       errors: c.errors,
     })),
   };
+}
+
+async function storeSummary(c) {
+  try {
+    const map = await c.z.inspector.client.map();
+    const keys = [...(map instanceof Map ? map.keys() : Object.keys(map))];
+    const of = prefix => keys.filter(k => k.startsWith(prefix));
+    const group = await c.z.clientGroupID;
+    const trace = (traces.get(c.z.clientID) ?? []).map(t => (t.n > 1 ? `${t.text} x${t.n}` : t.text)).join(' ');
+    return `group ${group}: got [${of('g/').join(' ')}] desired [${of('d/').join(' ')}] rows ${of('e/').length}; messages ${trace}`;
+  } catch (e) {
+    return `inspector failed: ${e?.message ?? e}`;
+  }
 }
 
 async function close({keys}) {
@@ -209,6 +258,7 @@ async function close({keys}) {
       lastPokeEnd.delete(c.z.clientID);
       socketAt.delete(c.z.clientID);
       firstMessageAt.delete(c.z.clientID);
+      traces.delete(c.z.clientID);
       try {
         c.view.destroy();
       } catch {
