@@ -410,10 +410,7 @@ async fn a_group_without_clients_stops_while_writes_go_on() {
     let db = TestDb::new().await;
     seed(&db).await;
     let server = Server::start(&db, spawn_query_endpoint()).await;
-    let groups = || async {
-        let metrics = reqwest_get(&format!("{}/metrics", server.base)).await;
-        gauge(&metrics, "zc_sync_client_groups", &db.name)
-    };
+    let groups = || client_groups(&server.base, &db.name);
     let init = InitConnectionBody::new(vec![named("j89s9yb1osb", "openIssues", vec![])]);
     let connect = || async {
         let mut c = connected(
@@ -466,12 +463,17 @@ async fn a_group_without_clients_stops_while_writes_go_on() {
     server.stop().await;
 }
 
+/// How many client groups of app `app` the server at `base` runs, by its metrics.
+async fn client_groups(base: &str, app: &str) -> Option<String> {
+    let metrics = reqwest_get(&format!("{base}/metrics")).await;
+    gauge(&metrics, "zc_sync_client_groups", app)
+}
+
 /// Waits (20 s at most) until the server at `base` runs `n` client groups of app `app`.
 async fn until_groups(base: &str, app: &str, n: &str) {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
     loop {
-        let metrics = reqwest_get(&format!("{base}/metrics")).await;
-        if gauge(&metrics, "zc_sync_client_groups", app).as_deref() == Some(n) {
+        if client_groups(base, app).await.as_deref() == Some(n) {
             return;
         }
         assert!(
