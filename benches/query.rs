@@ -111,7 +111,10 @@ fn build(n: i64) -> (tempfile::TempDir, Replica) {
                 .collect();
             id += batch.len() as i64;
             replica
-                .copy_rows(&TableName::new("public", "issue"), batch)
+                .copy_rows(
+                    &TableName::new("public", "issue"),
+                    batch.try_into().expect("rows of one width"),
+                )
                 .await
                 .expect("copy");
         }
@@ -127,14 +130,20 @@ fn build(n: i64) -> (tempfile::TempDir, Replica) {
             })
             .collect();
         replica
-            .copy_rows(&TableName::new("public", "comment"), comments)
+            .copy_rows(
+                &TableName::new("public", "comment"),
+                comments.try_into().expect("rows of one width"),
+            )
             .await
             .expect("copy");
         let users: Vec<Row> = (0..100)
             .map(|i| vec![Value::Int(i), Value::Text(format!("user {i}"))])
             .collect();
         replica
-            .copy_rows(&TableName::new("public", "user"), users)
+            .copy_rows(
+                &TableName::new("public", "user"),
+                users.try_into().expect("rows of one width"),
+            )
             .await
             .expect("copy");
         replica

@@ -11,7 +11,7 @@
 use std::convert::Infallible;
 use std::sync::{Arc, Mutex};
 
-use zc_types::{Lsn, Row, TableName, TableSpec};
+use zc_types::{Lsn, RowBatch, TableName, TableSpec};
 use zc_wal::{Change, Destination, Replicator, SyncState, Transaction, WalConfig};
 
 #[derive(Default)]
@@ -43,7 +43,7 @@ impl Destination for Printer {
         Ok(())
     }
 
-    async fn copy_rows(&self, table: &TableName, rows: Vec<Row>) -> Result<(), Infallible> {
+    async fn copy_rows(&self, table: &TableName, rows: RowBatch) -> Result<(), Infallible> {
         println!("  copied {} rows of {table}", rows.len());
         Ok(())
     }

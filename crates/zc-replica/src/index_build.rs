@@ -85,6 +85,8 @@ pub(crate) struct IndexBuilds {
     builds: BTreeMap<String, Build>,
     pending_bytes: usize,
     next_run: u64,
+    /// Counts the copies: [`clear`](Self::clear) begins a new one.
+    epoch: u64,
 }
 
 #[derive(Debug, Default)]
@@ -122,6 +124,7 @@ impl IndexBuilds {
             builds: BTreeMap::new(),
             pending_bytes: 0,
             next_run: 0,
+            epoch: 0,
         }
     }
 
@@ -198,32 +201,58 @@ impl IndexBuilds {
         Ok(written)
     }
 
+    /// Takes the collected entries of the index tables `tables` (those it has) out, for
+    /// [`write_taken`] to write without holding the builds.
+    pub(crate) fn take_tables(&mut self, tables: &[String]) -> TakenBuilds {
+        let mut taken = Vec::new();
+        for table in tables {
+            if let Some(build) = self.builds.remove(table) {
+                self.pending_bytes -= build.memory();
+                taken.push((table.clone(), build));
+            }
+        }
+        TakenBuilds(taken)
+    }
+
     /// Writes the collected entries of the index tables `tables` (those it has), one write
     /// transaction each (non-durable), and forgets them.
     pub(crate) fn write_tables(&mut self, db: &redb::Database, tables: &[String]) -> Result<usize> {
-        let mut written = 0;
-        for table in tables {
-            let Some(build) = self.builds.remove(table) else {
-                continue;
-            };
-            self.pending_bytes -= build.memory();
-            let mut w = db.begin_write()?;
-            w.set_durability(redb::Durability::None)?;
-            written += write_build(&w, table, &build)?;
-            w.commit()?;
-            for run in &build.runs {
-                let _ = std::fs::remove_file(run);
-            }
-        }
-        Ok(written)
+        write_taken(db, self.take_tables(tables))
     }
 
-    /// Forgets everything collected (an interrupted copy) and removes the run files.
+    /// Which copy the builds collect for: entries encoded for an earlier copy (one that was
+    /// interrupted while a batch was being encoded) must not be added.
+    pub(crate) fn epoch(&self) -> u64 {
+        self.epoch
+    }
+
+    /// Forgets everything collected (an interrupted copy) and removes the run files; a new
+    /// copy begins.
     pub(crate) fn clear(&mut self) {
+        self.epoch += 1;
         self.builds.clear();
         self.pending_bytes = 0;
         let _ = std::fs::remove_dir_all(&self.dir);
     }
+}
+
+/// Index builds taken out of an [`IndexBuilds`] to be written.
+#[derive(Debug)]
+pub(crate) struct TakenBuilds(Vec<(String, Build)>);
+
+/// Writes taken builds, one write transaction each (non-durable), and removes their run files.
+pub(crate) fn write_taken(db: &redb::Database, taken: TakenBuilds) -> Result<usize> {
+    let mut written = 0;
+    for (table, build) in taken.0 {
+        let mut w = db.begin_write()?;
+        w.set_durability(redb::Durability::None)?;
+        written += write_build(&w, &table, &build)?;
+        w.commit()?;
+        for run in &build.runs {
+            let _ = std::fs::remove_file(run);
+        }
+    }
+    Ok(written)
 }
 
 /// Merges a build's runs and pending entries and inserts them, in key order, into `table`.

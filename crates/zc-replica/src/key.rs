@@ -13,7 +13,7 @@
 //!
 //! Descending index columns invert every byte of the column's encoding.
 
-use zc_types::Value;
+use zc_types::{Value, ValueRef};
 
 const NULL: u8 = 0x01;
 const BOOL: u8 = 0x02;
@@ -25,20 +25,25 @@ const BYTES: u8 = 0x07;
 
 /// Appends the encoding of one value.
 pub fn encode_value(out: &mut Vec<u8>, value: &Value) {
+    encode_value_ref(out, value.as_value_ref());
+}
+
+/// Appends a borrowed value's encoding (ascending), the same as [`encode_value`]'s.
+pub fn encode_value_ref(out: &mut Vec<u8>, value: ValueRef<'_>) {
     match value {
-        Value::Null => out.push(NULL),
-        Value::Bool(b) => {
+        ValueRef::Null => out.push(NULL),
+        ValueRef::Bool(b) => {
             out.push(BOOL);
-            out.push(u8::from(*b));
+            out.push(u8::from(b));
         }
-        Value::Int(i) => {
+        ValueRef::Int(i) => {
             out.push(INT);
-            out.extend_from_slice(&((*i as u64) ^ (1 << 63)).to_be_bytes());
+            out.extend_from_slice(&((i as u64) ^ (1 << 63)).to_be_bytes());
         }
-        Value::Float(f) => {
+        ValueRef::Float(f) => {
             out.push(FLOAT);
             // -0.0 and 0.0 compare equal: normalise.
-            let f = if *f == 0.0 { 0.0 } else { *f };
+            let f = if f == 0.0 { 0.0 } else { f };
             let bits = f.to_bits();
             let ordered = if bits >> 63 == 1 {
                 !bits
@@ -47,21 +52,26 @@ pub fn encode_value(out: &mut Vec<u8>, value: &Value) {
             };
             out.extend_from_slice(&ordered.to_be_bytes());
         }
-        Value::Text(s) => escaped(out, TEXT, s.as_bytes()),
-        Value::Json(s) => escaped(out, JSON, s.as_bytes()),
-        Value::Bytes(b) => escaped(out, BYTES, b),
+        ValueRef::Text(s) => escaped(out, TEXT, s.as_bytes()),
+        ValueRef::Json(s) => escaped(out, JSON, s.as_bytes()),
+        ValueRef::Bytes(b) => escaped(out, BYTES, b),
     }
 }
 
 /// The length of [`encode_value`]'s output for `value`, exact unless a string or byte value
 /// holds zero bytes (each adds one escape byte): for sizing a buffer once.
 pub fn encoded_len(value: &Value) -> usize {
+    encoded_len_ref(value.as_value_ref())
+}
+
+/// [`encoded_len`] of a borrowed value.
+pub fn encoded_len_ref(value: ValueRef<'_>) -> usize {
     match value {
-        Value::Null => 1,
-        Value::Bool(_) => 2,
-        Value::Int(_) | Value::Float(_) => 9,
-        Value::Text(s) | Value::Json(s) => s.len() + 3,
-        Value::Bytes(b) => b.len() + 3,
+        ValueRef::Null => 1,
+        ValueRef::Bool(_) => 2,
+        ValueRef::Int(_) | ValueRef::Float(_) => 9,
+        ValueRef::Text(s) | ValueRef::Json(s) => s.len() + 3,
+        ValueRef::Bytes(b) => b.len() + 3,
     }
 }
 
@@ -90,8 +100,13 @@ pub fn encode<'a>(values: impl IntoIterator<Item = &'a Value>) -> Vec<u8> {
 
 /// Appends a value's encoding in descending order (every byte inverted).
 pub fn encode_value_desc(out: &mut Vec<u8>, value: &Value) {
+    encode_value_desc_ref(out, value.as_value_ref());
+}
+
+/// [`encode_value_desc`] of a borrowed value.
+pub fn encode_value_desc_ref(out: &mut Vec<u8>, value: ValueRef<'_>) {
     let start = out.len();
-    encode_value(out, value);
+    encode_value_ref(out, value);
     for b in &mut out[start..] {
         *b = !*b;
     }

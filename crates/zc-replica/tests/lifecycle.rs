@@ -275,6 +275,52 @@ fn zc_pg_embed_start_with_wal_level_replica() -> zc_pg_embed::EmbeddedPostgres {
     zc_pg_embed::EmbeddedPostgres::start(opts).expect("start postgres")
 }
 
+/// Tables larger than their share of the copy are copied in parts (ranges of heap pages) by
+/// several workers at once: every row arrives once, with its index entries, whether the
+/// table's heap is in key order (a cursor per part's range) or not (random keys, and rows
+/// moved to later pages by updates).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn large_tables_are_copied_whole_in_parts() {
+    init_tracing();
+    let db = TestDb::new().await;
+    db.exec(MARKER_DDL).await;
+    db.exec(
+        "CREATE TABLE in_order (id text PRIMARY KEY, grp int NOT NULL, body text);
+         CREATE INDEX in_order_grp ON in_order (grp DESC, body);
+         INSERT INTO in_order
+           SELECT 'k' || lpad(g::text, 6, '0'), g % 37, repeat(md5(g::text), 3)
+           FROM generate_series(1, 20000) g;
+         CREATE TABLE at_random (id uuid PRIMARY KEY, n int NOT NULL, note text);
+         CREATE INDEX at_random_n ON at_random (n);
+         INSERT INTO at_random
+           SELECT md5('r' || g)::uuid, g % 101, repeat(md5(g::text), 2)
+           FROM generate_series(1, 20000) g;
+         UPDATE in_order SET body = 'moved' WHERE grp = 3;
+         UPDATE at_random SET n = n + 1000 WHERE n < 10;",
+    )
+    .await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut cfg = wal_config(&db);
+    // Every table larger than a third of the whole is split.
+    cfg.copy_part_bytes = 1;
+    let running = Running::start(cfg, &dir.path().join("r.redb"));
+    let n = bump_marker(&db).await;
+    wait_marker(&running, n).await;
+    assert_converged(&db, &running.replica).await;
+    // The index entries are the rows' (not only as many): in index order, the first group
+    // of the descending index is the highest.
+    let snap = running.replica.snapshot().expect("snapshot");
+    let first = snap
+        .scan_index(&TableName::new("public", "in_order"), "in_order_grp", &[])
+        .expect("index scan")
+        .next()
+        .expect("an entry")
+        .expect("a row");
+    assert_eq!(first.0[1], Value::Int(36), "{first:?}");
+    drop(snap);
+    running.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn keyless_tables_use_a_unique_index_or_are_skipped() {
     init_tracing();

@@ -70,7 +70,10 @@ async fn load(replica: &Replica, spec: &TableSpec, rows: Vec<Row>) {
         .begin_initial_sync(Lsn(1), vec![Arc::new(spec.clone())])
         .await
         .expect("begin");
-    replica.copy_rows(&spec.name, rows).await.expect("copy");
+    replica
+        .copy_rows(&spec.name, rows.try_into().expect("rows of one width"))
+        .await
+        .expect("copy");
     replica
         .finish_initial_sync(SyncState {
             slot: "test".into(),

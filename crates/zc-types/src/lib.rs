@@ -12,6 +12,7 @@
 //! This crate does no I/O. With the `rt` feature it also offers [`task::spawn_named`].
 #![warn(missing_docs, unreachable_pub)]
 
+mod batch;
 mod lsn;
 mod schema;
 #[cfg(feature = "rt")]
@@ -19,6 +20,7 @@ pub mod task;
 mod value;
 mod version;
 
+pub use batch::{RowBatch, RowRef, ValueRef, WidthMismatch};
 pub use lsn::{Lsn, ParseLsnError};
 pub use schema::{ColumnSpec, IndexSpec, PgType, TableName, TableSpec, TypeKind};
 pub use value::{Row, Value};

@@ -20,6 +20,11 @@ pub struct WalConfig {
     pub copy_workers: usize,
     /// Rows per batch handed to the destination during the initial copy (bounds memory).
     pub copy_batch_rows: usize,
+    /// The smallest part a table is split into for the initial copy, in bytes on disk
+    /// upstream. A table larger than its share of the copy (all tables' size over
+    /// `copy_workers`) and than this is copied in parts (ranges of its heap pages) by several
+    /// workers at once, so that one large table does not make the copy wait for one worker.
+    pub copy_part_bytes: u64,
     /// How often standby status updates are sent at most.
     pub status_interval: Duration,
     /// How often progress is logged during the initial copy.
@@ -36,6 +41,7 @@ impl WalConfig {
             app_publications: Vec::new(),
             copy_workers: 5,
             copy_batch_rows: 5_000,
+            copy_part_bytes: 8 << 20,
             status_interval: Duration::from_secs(1),
             progress_interval: Duration::from_secs(2),
         }

@@ -3,7 +3,7 @@
 use std::future::Future;
 use std::sync::Arc;
 
-use zc_types::{Lsn, Row, TableName, TableSpec};
+use zc_types::{Lsn, RowBatch, TableName, TableSpec};
 
 use crate::change::Transaction;
 
@@ -71,13 +71,14 @@ pub trait Destination: Send + Sync + 'static {
         tables: Vec<Arc<TableSpec>>,
     ) -> impl Future<Output = Result<(), Self::Error>> + Send;
 
-    /// Stores a batch of copied rows of one table (row order does not matter). A destination
-    /// may return before the batch is stored; an error storing it is then returned by a later
-    /// call of the same copy (`copy_rows`, `copied_table` or the finish).
+    /// Stores a batch of copied rows of one table (row order does not matter), each row of
+    /// the table's width. A destination may return before the batch is stored; an error
+    /// storing it is then returned by a later call of the same copy (`copy_rows`,
+    /// `copied_table` or the finish).
     fn copy_rows(
         &self,
         table: &TableName,
-        rows: Vec<Row>,
+        rows: RowBatch,
     ) -> impl Future<Output = Result<(), Self::Error>> + Send;
 
     /// Says that every row of `table` has been passed to `copy_rows` while other tables may

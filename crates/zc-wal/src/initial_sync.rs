@@ -1,5 +1,8 @@
 //! The initial sync: slot with an exported snapshot, then a parallel binary COPY of every
-//! published table at that snapshot, streamed into the destination in bounded batches.
+//! published table at that snapshot, streamed into the destination in bounded batches
+//! ([`RowBatch`]es). A table larger than its share of the copy is copied in parts, ranges
+//! of its heap pages (`ctid` ranges: a TID range scan, PostgreSQL 14+; zc needs 15 for
+//! publication row filters anyway), by several workers at once.
 //!
 //! Memory stays bounded by `copy_workers × copy_batch_rows` rows (plus one COPY chunk per
 //! worker) whatever the table sizes: each worker hands a batch to the destination and waits
@@ -16,13 +19,13 @@ use sqlx::{AssertSqlSafe, Connection, Executor};
 use tokio::sync::Mutex;
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, info};
-use zc_types::{ColumnSpec, Lsn, Row, TableSpec, TypeKind, Value};
+use zc_types::{ColumnSpec, Lsn, RowBatch, TableSpec, TypeKind, ValueRef};
 
 use crate::config::{ConnParts, WalConfig};
 use crate::copy_binary::{CopyBinaryDecoder, Fields};
 use crate::destination::{Destination, SyncState, Watermark};
 use crate::error::{Error, Result, query_err};
-use crate::pg_value::{binary_supported, decode_binary, parse_text};
+use crate::pg_value::{binary_supported, parse_text, push_binary};
 use crate::session::create_slot;
 use crate::upstream::{self, CopySpec, ident};
 
@@ -79,7 +82,8 @@ pub(crate) async fn run<D: Destination>(
         .map_err(|e| Error::Destination(Box::new(e)))?;
 
     let total_tables = tables.len();
-    let queue = Arc::new(Mutex::new(tables.into_iter().collect::<VecDeque<_>>()));
+    let parts = plan_parts(tables, cfg.copy_workers, cfg.copy_part_bytes);
+    let queue = Arc::new(Mutex::new(parts.into_iter().collect::<VecDeque<_>>()));
     let progress = Arc::new(Progress::default());
     // Each worker is a task of its own, so that the workers decode their COPY streams on all
     // of the runtime's threads (joined in one task, they took turns on one). Dropping the set
@@ -206,19 +210,135 @@ fn select_list(spec: &TableSpec) -> String {
         .join(", ")
 }
 
+/// A table of the initial copy, shared by the parts it is copied in.
+#[derive(Debug)]
+struct TableCopy {
+    copy: CopySpec,
+    /// Parts not copied yet: the worker that copies the last one finishes the table.
+    parts_left: AtomicUsize,
+    rows: AtomicU64,
+    started: Instant,
+}
+
+/// Heap pages `[from, to)` of a table (an open end where `None`); `None`: the whole table.
+type PageRange = Option<(Option<u64>, Option<u64>)>;
+
+/// What one worker copies at a time: a whole table, or a range of its heap pages.
+#[derive(Debug)]
+struct CopyPart {
+    table: Arc<TableCopy>,
+    pages: PageRange,
+    /// The part's share of the table's size, to order the queue by.
+    bytes: u64,
+}
+
+/// Splits the tables into the parts the workers copy, largest first.
+///
+/// The copy lasts as long as its slowest worker. A table larger than its share of the whole
+/// (the total size over the workers) and than `min_part` is split into ranges of heap pages
+/// of about that share, which several workers copy at once; the largest parts start first
+/// and the small tables fill the workers' time around them.
+fn plan_parts(tables: Vec<CopySpec>, workers: usize, min_part: u64) -> Vec<CopyPart> {
+    let total: u64 = tables.iter().map(|t| t.bytes).sum();
+    let share = (total / workers.max(1) as u64).max(min_part).max(1);
+    let started = Instant::now();
+    let mut parts = Vec::new();
+    for copy in tables {
+        let n = if copy.pages >= 2 && copy.bytes > share {
+            copy.bytes
+                .div_ceil(share)
+                .min(workers as u64)
+                .min(copy.pages)
+        } else {
+            1
+        };
+        let bytes = copy.bytes / n;
+        let pages = copy.pages;
+        let table = Arc::new(TableCopy {
+            copy,
+            parts_left: AtomicUsize::new(n as usize),
+            rows: AtomicU64::new(0),
+            started,
+        });
+        if n == 1 {
+            parts.push(CopyPart {
+                table,
+                pages: None,
+                bytes,
+            });
+            continue;
+        }
+        for i in 0..n {
+            let from = (i > 0).then(|| pages * i / n);
+            let to = (i + 1 < n).then(|| pages * (i + 1) / n);
+            parts.push(CopyPart {
+                table: Arc::clone(&table),
+                pages: Some((from, to)),
+                bytes,
+            });
+        }
+    }
+    // Stable: parts of one table stay in page order.
+    parts.sort_by_key(|p| std::cmp::Reverse(p.bytes));
+    parts
+}
+
+/// The WHERE clause of a part's COPY: the publications' row filter and the part's pages.
+fn where_clause(row_filter: Option<&str>, pages: PageRange) -> String {
+    let mut terms = Vec::new();
+    if let Some(filter) = row_filter {
+        terms.push(format!("({filter})"));
+    }
+    if let Some((from, to)) = pages {
+        if let Some(from) = from {
+            terms.push(format!("ctid >= '({from},0)'::tid"));
+        }
+        if let Some(to) = to {
+            terms.push(format!("ctid < '({to},0)'::tid"));
+        }
+    }
+    if terms.is_empty() {
+        String::new()
+    } else {
+        format!(" WHERE {}", terms.join(" AND "))
+    }
+}
+
 async fn copy_worker<D: Destination>(
     mut conn: PgConnection,
-    queue: Arc<Mutex<VecDeque<CopySpec>>>,
+    queue: Arc<Mutex<VecDeque<CopyPart>>>,
     dest: Arc<D>,
     batch_rows: usize,
     progress: Arc<Progress>,
 ) -> Result<()> {
     loop {
-        let Some(table) = queue.lock().await.pop_front() else {
+        let Some(part) = queue.lock().await.pop_front() else {
             break;
         };
-        copy_table(&mut conn, &table, dest.as_ref(), batch_rows, &progress).await?;
-        progress.tables_done.fetch_add(1, Ordering::Relaxed);
+        let table = &part.table;
+        let rows = copy_table(
+            &mut conn,
+            &table.copy,
+            part.pages,
+            dest.as_ref(),
+            batch_rows,
+            &progress,
+        )
+        .await?;
+        table.rows.fetch_add(rows, Ordering::Relaxed);
+        if table.parts_left.fetch_sub(1, Ordering::AcqRel) == 1 {
+            let spec = &table.copy.spec;
+            dest.copied_table(&spec.name)
+                .await
+                .map_err(|e| Error::Destination(Box::new(e)))?;
+            progress.tables_done.fetch_add(1, Ordering::Relaxed);
+            info!(
+                table = %spec.name,
+                rows = table.rows.load(Ordering::Relaxed),
+                ms = table.started.elapsed().as_millis() as u64,
+                "copied table"
+            );
+        }
     }
     conn.execute("COMMIT")
         .await
@@ -227,52 +347,53 @@ async fn copy_worker<D: Destination>(
     Ok(())
 }
 
+/// Copies a table, or the part of it in heap pages `pages`, into `dest`; returns the rows.
 async fn copy_table<D: Destination>(
     conn: &mut PgConnection,
     table: &CopySpec,
+    pages: PageRange,
     dest: &D,
     batch_rows: usize,
     progress: &Progress,
-) -> Result<()> {
+) -> Result<u64> {
     let spec = &table.spec;
     let copy_err = |e: Box<dyn std::error::Error + Send + Sync>| Error::Copy {
         table: spec.name.clone(),
         source: e,
     };
-    let filter = table
-        .row_filter
-        .as_ref()
-        .map(|f| format!(" WHERE {f}"))
-        .unwrap_or_default();
     let sql = format!(
-        "COPY (SELECT {} FROM {}{filter}) TO STDOUT (FORMAT binary)",
+        "COPY (SELECT {} FROM {}{}) TO STDOUT (FORMAT binary)",
         select_list(spec),
-        spec.name.quoted()
+        spec.name.quoted(),
+        where_clause(table.row_filter.as_deref(), pages),
     );
-    let started = Instant::now();
     let mut stream = conn
         .copy_out_raw(&sql)
         .await
         .map_err(|e| copy_err(Box::new(e)))?;
     let mut decoder = CopyBinaryDecoder::new();
     let binary: Vec<bool> = spec.columns.iter().map(copied_as_binary).collect();
-    let mut batch: Vec<Row> = Vec::with_capacity(batch_rows.min(100_000));
+    let width = spec.columns.len();
+    let rows_per_batch = batch_rows.min(100_000);
+    // Sized like the batch before it: one allocation of string bytes per batch.
+    let mut batch = RowBatch::with_capacity(width, rows_per_batch, 0);
     let mut count = 0u64;
     while let Some(chunk) = stream.next().await {
         let chunk = chunk.map_err(|e| copy_err(Box::new(e)))?;
         decoder.push(&chunk);
-        while let Some(row) = decoder
-            .next_row_with(|fields| to_row(spec, &binary, fields))
+        while decoder
+            .next_row_with(|fields| push_row(spec, &binary, fields, &mut batch))
             .map_err(|e| copy_err(Box::new(e)))?
+            .transpose()?
+            .is_some()
         {
-            batch.push(row?);
             if batch.len() >= batch_rows {
                 count += batch.len() as u64;
                 progress
                     .rows
                     .fetch_add(batch.len() as u64, Ordering::Relaxed);
-                let full =
-                    std::mem::replace(&mut batch, Vec::with_capacity(batch_rows.min(100_000)));
+                let next = RowBatch::with_capacity(width, rows_per_batch, batch.byte_len());
+                let full = std::mem::replace(&mut batch, next);
                 dest.copy_rows(&spec.name, full)
                     .await
                     .map_err(|e| Error::Destination(Box::new(e)))?;
@@ -290,15 +411,16 @@ async fn copy_table<D: Destination>(
             .await
             .map_err(|e| Error::Destination(Box::new(e)))?;
     }
-    dest.copied_table(&spec.name)
-        .await
-        .map_err(|e| Error::Destination(Box::new(e)))?;
-    info!(table = %spec.name, rows = count, ms = started.elapsed().as_millis() as u64, "copied table");
-    Ok(())
+    Ok(count)
 }
 
-/// A COPY row as the replica stores it; `binary[i]`: column `i` was copied in binary form.
-fn to_row(spec: &TableSpec, binary: &[bool], fields: Fields<'_>) -> Result<Row> {
+/// Appends a COPY row to `batch`; `binary[i]`: column `i` was copied in binary form.
+fn push_row(
+    spec: &TableSpec,
+    binary: &[bool],
+    fields: Fields<'_>,
+    batch: &mut RowBatch,
+) -> Result<()> {
     if fields.len() != spec.columns.len() {
         return Err(Error::Copy {
             table: spec.name.clone(),
@@ -310,28 +432,36 @@ fn to_row(spec: &TableSpec, binary: &[bool], fields: Fields<'_>) -> Result<Row> 
             .into(),
         });
     }
-    let mut row = Vec::with_capacity(spec.columns.len());
     for ((field, col), &binary) in fields.iter().zip(&spec.columns).zip(binary) {
         let Some(bytes) = field else {
-            row.push(Value::Null);
+            batch.push(ValueRef::Null);
             continue;
         };
         let kind = &col.pg_type.kind;
-        let value = if binary {
-            decode_binary(kind, bytes)
+        let pushed = if binary {
+            push_binary(kind, bytes, batch)
         } else {
             match std::str::from_utf8(bytes) {
-                Ok(text) => parse_text(kind, text),
-                Err(_) => Ok(Value::Bytes(bytes.to_vec())),
+                Ok(text) => parse_text(kind, text).map(|v| batch.push(v.as_value_ref())),
+                Err(_) => {
+                    batch.push(ValueRef::Bytes(bytes));
+                    Ok(())
+                }
             }
         };
-        row.push(value.map_err(|source| Error::Value {
-            table: spec.name.clone(),
-            column: col.name.clone(),
-            source,
-        })?);
+        if let Err(source) = pushed {
+            batch.discard_row();
+            return Err(Error::Value {
+                table: spec.name.clone(),
+                column: col.name.clone(),
+                source,
+            });
+        }
     }
-    Ok(row)
+    batch.end_row().map_err(|e| Error::Copy {
+        table: spec.name.clone(),
+        source: Box::new(e),
+    })
 }
 
 /// Copies one table again at a new snapshot (after its columns changed upstream) and swaps
@@ -370,7 +500,10 @@ pub(crate) async fn resync_table<D: Destination>(
         .await
         .map_err(|e| Error::Destination(Box::new(e)))?;
     let progress = Progress::default();
-    copy_table(&mut conn, &copy, dest, cfg.copy_batch_rows, &progress).await?;
+    copy_table(&mut conn, &copy, None, dest, cfg.copy_batch_rows, &progress).await?;
+    dest.copied_table(&copy.spec.name)
+        .await
+        .map_err(|e| Error::Destination(Box::new(e)))?;
     conn.execute("COMMIT")
         .await
         .map_err(query_err("end the snapshot transaction"))?;
@@ -385,4 +518,93 @@ pub(crate) async fn resync_table<D: Destination>(
         "table copied again after a schema change"
     );
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use zc_types::TableName;
+
+    fn table(name: &str, bytes: u64, pages: u64) -> CopySpec {
+        CopySpec {
+            spec: Arc::new(TableSpec {
+                name: TableName::new("public", name),
+                oid: 0,
+                columns: Vec::new(),
+                key: Vec::new(),
+                indexes: Vec::new(),
+                copied_at: Lsn::ZERO,
+            }),
+            row_filter: None,
+            bytes,
+            pages,
+        }
+    }
+
+    fn plan(tables: Vec<CopySpec>, workers: usize, min_part: u64) -> Vec<(String, PageRange)> {
+        plan_parts(tables, workers, min_part)
+            .into_iter()
+            .map(|p| (p.table.copy.spec.name.name.clone(), p.pages))
+            .collect()
+    }
+
+    #[test]
+    fn large_tables_are_split_into_page_ranges_and_the_largest_parts_go_first() {
+        let tables = vec![
+            table("small", 1 << 20, 128),
+            table("big", 360 << 20, 46_154),
+            table("mid", 151 << 20, 19_333),
+            table("tiny", 0, 0),
+        ];
+        // 512 MiB over 5 workers: parts of about 102 MiB.
+        let parts = plan(tables, 5, 8 << 20);
+        assert_eq!(
+            parts,
+            vec![
+                ("big".into(), Some((None, Some(11_538)))),
+                ("big".into(), Some((Some(11_538), Some(23_077)))),
+                ("big".into(), Some((Some(23_077), Some(34_615)))),
+                ("big".into(), Some((Some(34_615), None))),
+                ("mid".into(), Some((None, Some(9_666)))),
+                ("mid".into(), Some((Some(9_666), None))),
+                ("small".into(), None),
+                ("tiny".into(), None),
+            ]
+        );
+        let plan = plan_parts(vec![table("big", 360 << 20, 46_154)], 5, 8 << 20);
+        assert_eq!(plan.len(), 5, "at most one part per worker");
+        assert_eq!(plan[0].table.parts_left.load(Ordering::Relaxed), 5);
+    }
+
+    #[test]
+    fn small_copies_are_not_split() {
+        // Under the smallest part, one table per worker.
+        let parts = plan(
+            vec![table("a", 6 << 20, 700), table("b", 1 << 20, 100)],
+            5,
+            8 << 20,
+        );
+        assert_eq!(parts, vec![("a".into(), None), ("b".into(), None)]);
+        // A table of one page cannot be split.
+        let parts = plan(vec![table("a", 1 << 30, 1)], 5, 1);
+        assert_eq!(parts, vec![("a".into(), None)]);
+    }
+
+    #[test]
+    fn a_part_selects_its_pages_beside_the_row_filter() {
+        assert_eq!(where_clause(None, None), "");
+        assert_eq!(where_clause(Some("a > 1"), None), " WHERE (a > 1)");
+        assert_eq!(
+            where_clause(None, Some((None, Some(10)))),
+            " WHERE ctid < '(10,0)'::tid"
+        );
+        assert_eq!(
+            where_clause(Some("a > 1"), Some((Some(10), Some(20)))),
+            " WHERE (a > 1) AND ctid >= '(10,0)'::tid AND ctid < '(20,0)'::tid"
+        );
+        assert_eq!(
+            where_clause(None, Some((Some(20), None))),
+            " WHERE ctid >= '(20,0)'::tid"
+        );
+    }
 }

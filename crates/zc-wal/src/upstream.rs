@@ -219,6 +219,8 @@ struct PublishedTable {
     name: TableName,
     attnames: Option<Vec<String>>,
     row_filter: Option<String>,
+    bytes: u64,
+    pages: u64,
 }
 
 /// A published table with what the initial COPY needs.
@@ -227,6 +229,10 @@ pub(crate) struct CopySpec {
     pub(crate) spec: Arc<TableSpec>,
     /// Row filters of the publications (OR-ed); `None` when any publication has none.
     pub(crate) row_filter: Option<String>,
+    /// The table's size on disk upstream (heap and TOAST): the copy starts with the largest.
+    pub(crate) bytes: u64,
+    /// Pages of its heap: a large table is copied in ranges of them.
+    pub(crate) pages: u64,
 }
 
 /// Resolves how zc represents each type OID.
@@ -297,7 +303,9 @@ pub(crate) async fn published_tables(
     let rows = sqlx::query(
         r#"
         SELECT c.oid::int8 AS oid, pt.schemaname::text AS schema, pt.tablename::text AS name,
-               pt.attnames::text[] AS attnames, pt.rowfilter::text AS rowfilter
+               pt.attnames::text[] AS attnames, pt.rowfilter::text AS rowfilter,
+               pg_table_size(c.oid)::int8 AS bytes,
+               pg_relation_size(c.oid)::int8 / current_setting('block_size')::int8 AS pages
         FROM pg_publication_tables pt
         JOIN pg_namespace n ON n.nspname = pt.schemaname
         JOIN pg_class c ON c.relnamespace = n.oid AND c.relname = pt.tablename
@@ -335,6 +343,8 @@ pub(crate) async fn published_tables(
                         name,
                         attnames,
                         row_filter: filter,
+                        bytes: u64::try_from(col::<i64>(&row, "bytes")?).unwrap_or_default(),
+                        pages: u64::try_from(col::<i64>(&row, "pages")?).unwrap_or_default(),
                     },
                 );
             }
@@ -473,6 +483,8 @@ pub(crate) async fn published_tables(
                 copied_at: zc_types::Lsn::ZERO,
             }),
             row_filter: t.row_filter,
+            bytes: t.bytes,
+            pages: t.pages,
         });
     }
     Ok(out)
