@@ -3,9 +3,9 @@
 //! A [`Row`] holds each string in an allocation of its own. A copy decodes millions of rows,
 //! and with several workers decoding at once their allocations (and the frees at the other
 //! end) were a large part of the copy's time and contended for the allocator's locks. A
-//! [`RowBatch`] keeps every value of a batch in one vector and every string's bytes in
-//! another, so a batch costs a few allocations however many rows it holds; its rows are
-//! read as [`RowRef`]s of borrowed [`ValueRef`]s.
+//! [`RowBatch`] keeps every value of a batch in one vector, the text of its strings in one
+//! string and the bytes of its byte values in one vector, so a batch costs a few allocations
+//! however many rows it holds; its rows are read as [`RowRef`]s of borrowed [`ValueRef`]s.
 
 use crate::value::{Row, Value};
 
@@ -58,7 +58,7 @@ impl Value {
     }
 }
 
-/// A value of a batch; strings are spans of the batch's byte buffer.
+/// A value of a batch; strings and byte values are spans of the batch's buffers.
 #[derive(Clone, Copy, Debug, PartialEq)]
 enum Cell {
     Null,
@@ -79,6 +79,9 @@ pub struct RowBatch {
     width: usize,
     rows: usize,
     cells: Vec<Cell>,
+    /// Text of the `Text` and `Json` values.
+    text: String,
+    /// Bytes of the `Bytes` values.
     bytes: Vec<u8>,
 }
 
@@ -107,7 +110,8 @@ impl RowBatch {
             width,
             rows: 0,
             cells: Vec::with_capacity(width * rows),
-            bytes: Vec::with_capacity(bytes),
+            text: String::with_capacity(bytes),
+            bytes: Vec::new(),
         }
     }
 
@@ -126,15 +130,15 @@ impl RowBatch {
         self.rows == 0
     }
 
-    /// Bytes of strings held.
+    /// Bytes of strings and byte values held.
     pub fn byte_len(&self) -> usize {
-        self.bytes.len()
+        self.text.len() + self.bytes.len()
     }
 
-    fn span(&mut self, bytes: &[u8]) -> (usize, usize) {
-        let at = self.bytes.len();
-        self.bytes.extend_from_slice(bytes);
-        (at, bytes.len())
+    fn text_span(&mut self, s: &str) -> (usize, usize) {
+        let at = self.text.len();
+        self.text.push_str(s);
+        (at, s.len())
     }
 
     /// Appends a value to the row being built.
@@ -145,16 +149,17 @@ impl RowBatch {
             ValueRef::Int(i) => Cell::Int(i),
             ValueRef::Float(f) => Cell::Float(f),
             ValueRef::Text(s) => {
-                let (at, len) = self.span(s.as_bytes());
+                let (at, len) = self.text_span(s);
                 Cell::Text(at, len)
             }
             ValueRef::Json(s) => {
-                let (at, len) = self.span(s.as_bytes());
+                let (at, len) = self.text_span(s);
                 Cell::Json(at, len)
             }
             ValueRef::Bytes(b) => {
-                let (at, len) = self.span(b);
-                Cell::Bytes(at, len)
+                let at = self.bytes.len();
+                self.bytes.extend_from_slice(b);
+                Cell::Bytes(at, b.len())
             }
         };
         self.cells.push(cell);
@@ -178,15 +183,18 @@ impl RowBatch {
     /// Drops the values of the row being built.
     pub fn discard_row(&mut self) {
         let start = self.rows * self.width;
-        let first_bytes =
-            self.cells
-                .get(start..)
-                .unwrap_or_default()
-                .iter()
-                .find_map(|c| match *c {
-                    Cell::Text(at, _) | Cell::Json(at, _) | Cell::Bytes(at, _) => Some(at),
-                    _ => None,
-                });
+        let row = self.cells.get(start..).unwrap_or_default();
+        let first_text = row.iter().find_map(|c| match *c {
+            Cell::Text(at, _) | Cell::Json(at, _) => Some(at),
+            _ => None,
+        });
+        let first_bytes = row.iter().find_map(|c| match *c {
+            Cell::Bytes(at, _) => Some(at),
+            _ => None,
+        });
+        if let Some(at) = first_text {
+            self.text.truncate(at);
+        }
         if let Some(at) = first_bytes {
             self.bytes.truncate(at);
         }
@@ -209,6 +217,7 @@ impl RowBatch {
         let start = index * self.width;
         Some(RowRef {
             cells: self.cells.get(start..start + self.width)?,
+            text: &self.text,
             bytes: &self.bytes,
         })
     }
@@ -219,6 +228,7 @@ impl RowBatch {
             let start = i * self.width;
             RowRef {
                 cells: &self.cells[start..start + self.width],
+                text: &self.text,
                 bytes: &self.bytes,
             }
         })
@@ -248,6 +258,7 @@ impl TryFrom<Vec<Row>> for RowBatch {
 #[derive(Clone, Copy, Debug)]
 pub struct RowRef<'a> {
     cells: &'a [Cell],
+    text: &'a str,
     bytes: &'a [u8],
 }
 
@@ -268,10 +279,9 @@ impl<'a> RowRef<'a> {
     }
 
     fn value(&self, cell: &Cell) -> ValueRef<'a> {
-        let bytes = self.bytes;
-        let span = |at: usize, len: usize| bytes.get(at..at + len).unwrap_or_default();
-        // Text spans were pushed from `&str`s, so they hold whole UTF-8 strings.
-        let text = |at: usize, len: usize| std::str::from_utf8(span(at, len)).unwrap_or_default();
+        let (text, bytes) = (self.text, self.bytes);
+        // Spans of whole pushed strings: always on character boundaries.
+        let text = |at: usize, len: usize| text.get(at..at + len).unwrap_or_default();
         match *cell {
             Cell::Null => ValueRef::Null,
             Cell::Bool(b) => ValueRef::Bool(b),
@@ -279,7 +289,7 @@ impl<'a> RowRef<'a> {
             Cell::Float(f) => ValueRef::Float(f),
             Cell::Text(at, len) => ValueRef::Text(text(at, len)),
             Cell::Json(at, len) => ValueRef::Json(text(at, len)),
-            Cell::Bytes(at, len) => ValueRef::Bytes(span(at, len)),
+            Cell::Bytes(at, len) => ValueRef::Bytes(bytes.get(at..at + len).unwrap_or_default()),
         }
     }
 
@@ -338,6 +348,9 @@ mod tests {
         batch.push(ValueRef::Text("one too many"));
         assert_eq!(batch.end_row(), Err(WidthMismatch { got: 3, width: 2 }));
         assert_eq!(batch.len(), 1);
+        assert_eq!(batch.byte_len(), 4);
+        batch.push(ValueRef::Bytes(b"xy"));
+        batch.discard_row();
         assert_eq!(batch.byte_len(), 4);
         batch.push(ValueRef::Null);
         batch.push(ValueRef::Text("next"));
