@@ -216,7 +216,10 @@ struct TableCopy {
     copy: CopySpec,
     /// Parts not copied yet: the worker that copies the last one finishes the table.
     parts_left: AtomicUsize,
+    /// Rows its finished parts copied.
     rows: AtomicU64,
+    /// When the copy's parts were planned: a table's "copied table" line gives the time
+    /// from there to its end (its parts may start at different times).
     started: Instant,
 }
 
