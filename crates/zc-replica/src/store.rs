@@ -523,21 +523,22 @@ fn write_watermark(txn: &WriteTransaction, mark: Watermark) -> Result<()> {
 
 fn encode_stored_row(version: u64, row: &[Value]) -> Vec<u8> {
     // Sized once: a row's text would otherwise grow the buffer a few times over.
-    let mut out = Vec::with_capacity(stored_row_len(row));
-    write_stored_row(&mut out, version, row);
+    let values = || row.iter().map(Value::as_value_ref);
+    let mut out = Vec::with_capacity(stored_row_len(values()));
+    write_stored_row(&mut out, version, values());
     out
 }
 
 /// The length of a stored row (its version, then its values).
-fn stored_row_len(row: &[Value]) -> usize {
-    8 + row.iter().map(key::encoded_len).sum::<usize>()
+fn stored_row_len<'a>(row: impl Iterator<Item = ValueRef<'a>>) -> usize {
+    8 + row.map(key::encoded_len_ref).sum::<usize>()
 }
 
 /// Appends a stored row: its version, then its values.
-fn write_stored_row(out: &mut Vec<u8>, version: u64, row: &[Value]) {
+fn write_stored_row<'a>(out: &mut Vec<u8>, version: u64, row: impl Iterator<Item = ValueRef<'a>>) {
     out.extend_from_slice(&version.to_be_bytes());
     for v in row {
-        key::encode_value(out, v);
+        key::encode_value_ref(out, v);
     }
 }
 
@@ -698,7 +699,7 @@ fn encode_batch(spec: &TableSpec, rows: &RowBatch) -> Result<(EncodedBatch, Vec<
         .iter()
         .filter_map(|&(_, len, i)| {
             let row = rows.row(i)?;
-            Some(len + 8 + row.iter().map(key::encoded_len_ref).sum::<usize>())
+            Some(len + stored_row_len(row.iter()))
         })
         .sum();
     let mut bytes = Vec::with_capacity(size);
@@ -714,10 +715,7 @@ fn encode_batch(spec: &TableSpec, rows: &RowBatch) -> Result<(EncodedBatch, Vec<
         let at = bytes.len();
         bytes.extend_from_slice(pk);
         // Version 0 until it is written (see `put_encoded_in`).
-        bytes.extend_from_slice(&0u64.to_be_bytes());
-        for value in row.iter() {
-            key::encode_value_ref(&mut bytes, value);
-        }
+        write_stored_row(&mut bytes, 0, row.iter());
         out.push((at, pk.len(), bytes.len() - at - pk.len()));
     }
     for list in &mut index_keys {

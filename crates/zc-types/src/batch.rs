@@ -211,27 +211,25 @@ impl RowBatch {
 
     /// The row at `index`.
     pub fn row(&self, index: usize) -> Option<RowRef<'_>> {
-        if index >= self.rows {
-            return None;
-        }
-        let start = index * self.width;
-        Some(RowRef {
-            cells: self.cells.get(start..start + self.width)?,
-            text: &self.text,
-            bytes: &self.bytes,
-        })
+        (index < self.rows).then(|| self.row_ref(index))
     }
 
     /// The complete rows, in order.
     pub fn rows(&self) -> impl ExactSizeIterator<Item = RowRef<'_>> + '_ {
-        (0..self.rows).map(move |i| {
-            let start = i * self.width;
-            RowRef {
-                cells: &self.cells[start..start + self.width],
-                text: &self.text,
-                bytes: &self.bytes,
-            }
-        })
+        (0..self.rows).map(move |i| self.row_ref(i))
+    }
+
+    /// The row at `index`, which must be below `rows`.
+    fn row_ref(&self, index: usize) -> RowRef<'_> {
+        let start = index * self.width;
+        RowRef {
+            cells: self
+                .cells
+                .get(start..start + self.width)
+                .unwrap_or_default(),
+            text: &self.text,
+            bytes: &self.bytes,
+        }
     }
 
     /// The rows as owned [`Row`]s.

@@ -168,10 +168,7 @@ pub(crate) fn push_binary(
     bytes: &[u8],
     batch: &mut RowBatch,
 ) -> Result<(), ValueError> {
-    let text = |b| {
-        std::str::from_utf8(b)
-            .map_err(|e| err(kind, format!("invalid UTF-8 at byte {}", e.valid_up_to())))
-    };
+    let text = |b| utf8_str(kind, b);
     match kind {
         TypeKind::Text => batch.push(ValueRef::Text(text(bytes)?)),
         TypeKind::Json => batch.push(ValueRef::Json(text(bytes)?)),
@@ -180,18 +177,8 @@ pub(crate) fn push_binary(
             _ => batch.push(decode_binary(kind, bytes)?.as_value_ref()),
         },
         TypeKind::Uuid => {
-            let mut out = [0u8; 36];
-            let mut at = 0;
-            for (i, byte) in fixed::<16>(kind, bytes)?.iter().enumerate() {
-                if matches!(i, 4 | 6 | 8 | 10) {
-                    out[at] = b'-';
-                    at += 1;
-                }
-                out[at] = HEX[usize::from(byte >> 4)];
-                out[at + 1] = HEX[usize::from(byte & 0x0f)];
-                at += 2;
-            }
-            batch.push(ValueRef::Text(text(&out)?));
+            let ascii = uuid_text(&fixed::<16>(kind, bytes)?);
+            batch.push(ValueRef::Text(text(&ascii)?));
         }
         TypeKind::Bytea => batch.push(ValueRef::Bytes(bytes)),
         // Scalars (no allocation), and the errors of the rest.
@@ -199,8 +186,6 @@ pub(crate) fn push_binary(
     }
     Ok(())
 }
-
-const HEX: &[u8; 16] = b"0123456789abcdef";
 
 /// A float4 as the number its shortest decimal text names, so that a value read in binary
 /// (initial copy) equals the one read from text (pgoutput prints float4 that way with
@@ -213,25 +198,34 @@ fn float4_to_f64(f: f32) -> f64 {
 }
 
 fn utf8(kind: &TypeKind, b: &[u8]) -> Result<String, ValueError> {
+    utf8_str(kind, b).map(str::to_owned)
+}
+
+fn utf8_str<'a>(kind: &TypeKind, b: &'a [u8]) -> Result<&'a str, ValueError> {
     std::str::from_utf8(b)
-        .map(str::to_owned)
         .map_err(|e| err(kind, format!("invalid UTF-8 at byte {}", e.valid_up_to())))
 }
 
 fn format_uuid(b: &[u8; 16]) -> String {
-    let mut out = String::with_capacity(36);
-    for (i, byte) in b.iter().enumerate() {
-        if matches!(i, 4 | 6 | 8 | 10) {
-            out.push('-');
-        }
-        out.push(hex_digit(byte >> 4));
-        out.push(hex_digit(byte & 0x0f));
-    }
-    out
+    uuid_text(b).iter().map(|&c| char::from(c)).collect()
 }
 
-fn hex_digit(nibble: u8) -> char {
-    char::from_digit(u32::from(nibble), 16).unwrap_or('0')
+/// A uuid's canonical text (lowercase hex, dashes after bytes 4, 6, 8 and 10), in ASCII.
+fn uuid_text(b: &[u8; 16]) -> [u8; 36] {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut out = [b'-'; 36];
+    let mut at = 0;
+    for (i, byte) in b.iter().enumerate() {
+        if matches!(i, 4 | 6 | 8 | 10) {
+            at += 1;
+        }
+        if let Some(pair) = out.get_mut(at..at + 2) {
+            pair[0] = HEX[usize::from(byte >> 4)];
+            pair[1] = HEX[usize::from(byte & 0x0f)];
+        }
+        at += 2;
+    }
+    out
 }
 
 /// Milliseconds since midnight UTC of a local time with an offset east of UTC, wrapped into
