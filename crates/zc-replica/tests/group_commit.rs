@@ -130,6 +130,82 @@ async fn bursts_of_small_transactions_keep_one_version_each_across_restarts() {
     running.stop().await;
 }
 
+/// A steady stream of small transactions: PostgreSQL's walsender sends a keepalive each
+/// time it has caught up while the replicator's reported position is behind what it sent,
+/// which with deferred acknowledgements is after almost every transaction. Those keepalives
+/// must not each cost a durable flush: the transactions still share one flush per 100 ms
+/// (or 500 transactions), and the slot still moves up to the last of them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keepalives_between_transactions_do_not_each_flush() {
+    init_tracing();
+    let db = TestDb::new().await;
+    db.exec(MARKER_DDL).await;
+    db.exec(BURST_DDL).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("r.redb");
+    let slot = format!("{}_0_zc", db.name);
+    let (running, flushes) = Running::start_counting_flushes(wal_config(&db), &path);
+    let n = bump_marker(&db).await;
+    wait_marker(&running, n).await;
+
+    // Small transactions from a few connections at once, each connection waiting for its
+    // last, with transactions on an unpublished table in between (as zc's own CVR writes
+    // are): the walsender keeps catching up with the WAL between them.
+    db.exec("CREATE SCHEMA side; CREATE TABLE side.t (id int8 PRIMARY KEY)")
+        .await;
+    let txns: usize = 400;
+    let writers: usize = 4;
+    let before = flushes.load(std::sync::atomic::Ordering::Relaxed);
+    let started = std::time::Instant::now();
+    let mut tasks = Vec::new();
+    for w in 0..writers {
+        let mut conn = db.connect().await;
+        // The test cluster commits asynchronously (its WAL reaches the walsender in
+        // batches); a production one flushes the WAL at each commit, and the walsender
+        // wakes for each.
+        sqlx::query("SET synchronous_commit = on")
+            .execute(&mut conn)
+            .await
+            .expect("synchronous commit");
+        #[allow(clippy::disallowed_methods)]
+        tasks.push(tokio::spawn(async move {
+            for i in (1..=txns as i64).filter(|i| *i as usize % writers == w) {
+                sqlx::query("INSERT INTO burst VALUES ($1, $1)")
+                    .bind(i)
+                    .execute(&mut conn)
+                    .await
+                    .expect("insert");
+                sqlx::query("INSERT INTO side.t VALUES ($1)")
+                    .bind(i)
+                    .execute(&mut conn)
+                    .await
+                    .expect("unpublished insert");
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.expect("writer");
+    }
+    let n = bump_marker(&db).await;
+    wait_marker(&running, n).await;
+    let elapsed = started.elapsed();
+    let used = flushes.load(std::sync::atomic::Ordering::Relaxed) - before;
+    eprintln!("{txns} transactions in {elapsed:?}: {used} flushes");
+    // One flush per 100 ms of the stream, and a few for the marker and the idle timer
+    // (twice that for a stream that a busy machine spread out over a long time).
+    let allowed = (txns / 5).max((elapsed.as_millis() / 50) as usize + 5);
+    assert!(
+        used <= allowed,
+        "{used} durable flushes for {txns} transactions (in {elapsed:?}): keepalives flushed"
+    );
+    let rows = burst_rows(&running.replica);
+    assert_eq!(rows.len(), txns, "rows lost");
+    // The slot still moves past the last transaction.
+    let target = current_lsn(&db).await;
+    wait_confirmed(&db, &slot, target).await;
+    running.stop().await;
+}
+
 /// Waits until the slot (once it exists) has acknowledged `target`.
 async fn wait_confirmed(db: &TestDb, slot: &str, target: Lsn) {
     let mut conn = db.connect().await;

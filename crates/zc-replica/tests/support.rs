@@ -2,6 +2,8 @@
 
 use std::collections::BTreeMap;
 use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use sqlx::Row as _;
@@ -9,7 +11,8 @@ use tokio_util::sync::CancellationToken;
 use zc_replica::Replica;
 use zc_testkit::TestDb;
 use zc_types::{Lsn, TableName, TypeKind, Value};
-use zc_wal::{Replicator, WalConfig};
+use zc_types::{RowBatch, TableSpec};
+use zc_wal::{Destination, Replicator, SyncState, Transaction, WalConfig};
 
 /// Replication settings for a test database. Slots are cluster-wide, so each test uses its
 /// database name as the app id (and so its own slot).
@@ -31,8 +34,24 @@ pub struct Running {
 impl Running {
     pub fn start(cfg: WalConfig, path: &Path) -> Running {
         let replica = Replica::open(path).expect("open replica");
+        Running::start_into(cfg, replica.clone(), replica)
+    }
+
+    /// Like [`start`](Self::start), counting the stream's durable flushes (calls of
+    /// `Destination::flush`).
+    pub fn start_counting_flushes(cfg: WalConfig, path: &Path) -> (Running, Arc<AtomicUsize>) {
+        let replica = Replica::open(path).expect("open replica");
+        let flushes = Arc::new(AtomicUsize::new(0));
+        let dest = CountingFlushes {
+            inner: replica.clone(),
+            flushes: Arc::clone(&flushes),
+        };
+        (Running::start_into(cfg, replica, dest), flushes)
+    }
+
+    fn start_into(cfg: WalConfig, replica: Replica, dest: impl Destination) -> Running {
         let cancel = CancellationToken::new();
-        let replicator = Replicator::new(cfg, replica.clone());
+        let replicator = Replicator::new(cfg, dest);
         let c = cancel.clone();
         #[allow(clippy::disallowed_methods)]
         let task = tokio::spawn(async move { replicator.run(c).await });
@@ -51,6 +70,55 @@ impl Running {
             .expect("replicator stops within 30 s")
             .expect("replicator task");
         result.expect("replicator ends without error");
+    }
+}
+
+/// The replica as a destination that counts `flush` calls.
+struct CountingFlushes {
+    inner: Replica,
+    flushes: Arc<AtomicUsize>,
+}
+
+impl Destination for CountingFlushes {
+    type Error = zc_replica::Error;
+
+    async fn sync_state(&self) -> Result<Option<SyncState>, Self::Error> {
+        self.inner.sync_state().await
+    }
+    async fn tables(&self) -> Result<Vec<Arc<TableSpec>>, Self::Error> {
+        Destination::tables(&self.inner).await
+    }
+    async fn begin_initial_sync(
+        &self,
+        replica_version: Lsn,
+        tables: Vec<Arc<TableSpec>>,
+    ) -> Result<(), Self::Error> {
+        self.inner.begin_initial_sync(replica_version, tables).await
+    }
+    async fn copy_rows(&self, table: &TableName, rows: RowBatch) -> Result<(), Self::Error> {
+        self.inner.copy_rows(table, rows).await
+    }
+    async fn copied_table(&self, table: &TableName) -> Result<(), Self::Error> {
+        self.inner.copied_table(table).await
+    }
+    async fn finish_initial_sync(&self, state: SyncState) -> Result<(), Self::Error> {
+        self.inner.finish_initial_sync(state).await
+    }
+    async fn begin_table_resync(&self, spec: Arc<TableSpec>) -> Result<(), Self::Error> {
+        self.inner.begin_table_resync(spec).await
+    }
+    async fn finish_table_resync(&self, table: &TableName) -> Result<(), Self::Error> {
+        self.inner.finish_table_resync(table).await
+    }
+    async fn apply(&self, txn: Transaction) -> Result<(), Self::Error> {
+        self.inner.apply(txn).await
+    }
+    async fn apply_deferred(&self, txn: Transaction) -> Result<(), Self::Error> {
+        self.inner.apply_deferred(txn).await
+    }
+    async fn flush(&self) -> Result<(), Self::Error> {
+        self.flushes.fetch_add(1, Ordering::Relaxed);
+        self.inner.flush().await
     }
 }
 

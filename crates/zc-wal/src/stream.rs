@@ -24,7 +24,8 @@
 //!    < 500 txns deferred, the first < 100 ms ago ──▶ next event
 //!    otherwise ──▶ destination.flush() ──▶ ack(end_lsn)  (one fsync for all of them)
 //!  100 ms after the first deferred txn, no event ──▶ destination.flush() ──▶ ack
-//!  KeepAlive / skipped commit with deferred txns  ──▶ destination.flush() ──▶ ack
+//!  KeepAlive with deferred txns ──▶ its wal_end joins the next ack (no flush of its own)
+//!  skipped commit with deferred txns ──▶ destination.flush() ──▶ ack
 //! ```
 //!
 //! Every transaction is applied without waiting for the disk, so readers (zc's sync
@@ -169,7 +170,7 @@ impl<D: Destination> Streamer<'_, D> {
                 // Shutdown: whatever is open is not acknowledged and will be re-sent;
                 // what readers may have seen already is made durable (not acknowledged
                 // either, the next stream resumes from it).
-                _ = cancel.cancelled() => return self.make_durable().await,
+                _ = cancel.cancelled() => return self.make_durable("shutdown").await,
                 // The next event (cancel-safe while the worker runs: an mpsc receive).
                 ev = client.recv() => Some(ev),
                 _ = tokio::time::sleep_until(flush_at.unwrap_or_else(Instant::now).into()),
@@ -177,7 +178,7 @@ impl<D: Destination> Streamer<'_, D> {
             };
             let Some(event) = received else {
                 if let Some(ack) = self.deferred.as_ref().map(|d| d.ack) {
-                    self.ack(client, ack).await?;
+                    self.ack(client, ack, "timer").await?;
                 }
                 continue;
             };
@@ -234,7 +235,7 @@ impl<D: Destination> Streamer<'_, D> {
                     let end = Lsn(end_lsn.as_u64());
                     if open.skip {
                         debug!(commit = %open.commit_lsn, "skipping transaction at or below the watermark");
-                        self.ack(client, end_lsn).await?;
+                        self.ack(client, end_lsn, "skipped").await?;
                         continue;
                     }
                     let txn = Transaction {
@@ -261,7 +262,7 @@ impl<D: Destination> Streamer<'_, D> {
                     if within_bounds {
                         metrics::counter!("zc_wal_transactions_deferred_total").increment(1);
                     } else {
-                        self.ack(client, end_lsn).await?;
+                        self.ack(client, end_lsn, "bound").await?;
                     }
                     self.watermark = Watermark {
                         commit_lsn: open.commit_lsn,
@@ -270,8 +271,26 @@ impl<D: Destination> Streamer<'_, D> {
                     metrics::counter!("zc_wal_transactions_applied_total").increment(1);
                 }
                 ReplicationEvent::KeepAlive { wal_end, .. } => {
-                    if self.open.is_none() {
-                        self.ack(client, wal_end).await?;
+                    if self.open.is_some() {
+                        continue;
+                    }
+                    match self.deferred.as_mut() {
+                        // Everything before `wal_end` is applied: it is acknowledged with
+                        // the deferred transactions when their flush is due. The walsender
+                        // sends a keepalive each time it catches up while the acknowledged
+                        // position is behind what it sent, which is after almost every
+                        // transaction: a flush for each would be an fsync per transaction.
+                        Some(d) => {
+                            d.ack = d.ack.max(wal_end);
+                            // Keepalives that never leave the stream idle do not hold
+                            // the flush back past its bound either.
+                            if d.since.elapsed() >= MAX_DEFERRED_FOR {
+                                let ack = d.ack;
+                                self.ack(client, ack, "keepalive").await?;
+                            }
+                        }
+                        // Nothing waits for a flush: acknowledged at once.
+                        None => client.update_applied_lsn(wal_end),
                     }
                 }
                 ReplicationEvent::StoppedAt { .. } => return Ok(()),
@@ -284,15 +303,18 @@ impl<D: Destination> Streamer<'_, D> {
         &mut self,
         client: &ReplicationClient,
         lsn: pgwire_replication::Lsn,
+        why: &'static str,
     ) -> Result<()> {
-        self.make_durable().await?;
+        self.make_durable(why).await?;
         client.update_applied_lsn(lsn);
         Ok(())
     }
 
-    /// Makes the transactions applied without an fsync durable (acknowledges nothing).
-    async fn make_durable(&mut self) -> Result<()> {
+    /// Makes the transactions applied without an fsync durable (acknowledges nothing),
+    /// counted in `zc_wal_flushes_total` by what made the flush due (`why`).
+    async fn make_durable(&mut self, why: &'static str) -> Result<()> {
         if self.deferred.take().is_some() {
+            metrics::counter!("zc_wal_flushes_total", "why" => why).increment(1);
             self.dest
                 .flush()
                 .await
