@@ -67,6 +67,10 @@ pub enum Error {
     /// Writing a batch of the copy panicked (a bug); the copy cannot complete.
     #[error("writing a batch of the copy panicked")]
     CopyWriterPanicked,
+    /// Applying a replicated transaction panicked (a bug); the stream starts over from
+    /// the watermark.
+    #[error("applying a replicated transaction panicked")]
+    ApplyPanicked,
 }
 
 /// Result of replica operations.

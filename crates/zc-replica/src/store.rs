@@ -20,6 +20,13 @@
 //!   together). The next `Immediate` commit (a durable `apply`, or `flush`'s empty commit)
 //!   makes every earlier one durable, and zc-wal acknowledges nothing before that
 //!   (`acks_never_pass_the_durable_watermark`).
+//! - `apply_deferred` queues the transaction for the writer and returns: the stream decodes
+//!   the next transaction while the writer applies this one, and a burst is applied back to
+//!   back without a round trip to the stream each. Every other write applies the queued
+//!   transactions first, so writes still happen in the order they were asked for; after a
+//!   queued transaction fails, the rest of the queue is dropped and the next
+//!   `apply_deferred` or write reports the error (the stream then resumes from the
+//!   watermark, and the slot sends the dropped ones again).
 //! - A copy keeps one write transaction open between its batches (see `OpenCopy`); every
 //!   other write commits it first, so writes never wait on each other's transactions. Its
 //!   secondary indexes are written when it finishes (see `index_build`), before the commit
@@ -29,6 +36,7 @@
 //! - While an initial sync is in progress no sync state is reported, so an interrupted
 //!   initial sync is always started over.
 
+use std::collections::VecDeque;
 use std::ops::Bound;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -186,6 +194,18 @@ struct Inner {
     /// The first error of a copy batch written behind (see [`Destination::copy_rows`]),
     /// reported by the copy's next call.
     copy_failed: std::sync::Mutex<Option<Error>>,
+    /// Transactions `apply_deferred` queued for the writer.
+    queued: std::sync::Mutex<Queued>,
+    /// The error of a queued transaction, reported by the next `apply_deferred` or `flush`.
+    apply_failed: std::sync::Mutex<Option<Error>>,
+}
+
+/// The transactions of `apply_deferred` not applied yet, and whether a drain (holding the
+/// writer lock) is applying them.
+#[derive(Default)]
+struct Queued {
+    txns: VecDeque<Transaction>,
+    draining: bool,
 }
 
 /// A write transaction of the copy, kept open across batches: redb then changes the pages
@@ -215,6 +235,61 @@ impl Inner {
             open.txn.commit()?;
         }
         Ok(())
+    }
+
+    /// Applies the queued transactions of `apply_deferred`, in order, until none is left;
+    /// runs as the writer, under `write_lock`. After a failure the rest are dropped.
+    fn drain_queued(&self) -> Result<()> {
+        loop {
+            let txn = {
+                let mut q = self
+                    .queued
+                    .lock()
+                    .map_err(|_| Error::State("apply queue"))?;
+                match q.txns.pop_front() {
+                    Some(txn) => txn,
+                    None => {
+                        q.draining = false;
+                        return Ok(());
+                    }
+                }
+            };
+            if let Err(e) = self.apply_deferred_now(&txn) {
+                // Those after it cannot be applied without it: the stream fails on this
+                // error, resumes from the watermark, and the slot sends them again.
+                let mut q = self
+                    .queued
+                    .lock()
+                    .map_err(|_| Error::State("apply queue"))?;
+                q.txns.clear();
+                q.draining = false;
+                return Err(e);
+            }
+        }
+    }
+
+    /// Applies one transaction without an fsync and announces its version.
+    fn apply_deferred_now(&self, txn: &Transaction) -> Result<()> {
+        // Set before the commit, so that a failed or interrupted one is still flushed;
+        // cleared only after a durable commit, which covers all earlier ones.
+        self.deferred.store(true, Ordering::Release);
+        if Replica::apply_blocking(&self.db, txn, Durability::None)? {
+            self.version_tx.send_replace(txn.commit_lsn);
+        }
+        Ok(())
+    }
+
+    /// The error of a queued transaction, if one failed (taken: reported once).
+    fn apply_failure(&self) -> Result<()> {
+        match self
+            .apply_failed
+            .lock()
+            .map_err(|_| Error::State("apply queue"))?
+            .take()
+        {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
     }
 
     /// Writes the secondary indexes the copy collected (see [`IndexBuilds`]), after every
@@ -375,6 +450,8 @@ impl Replica {
                 copy: std::sync::Mutex::new(None),
                 builds: std::sync::Mutex::new(builds),
                 copy_failed: std::sync::Mutex::new(None),
+                queued: std::sync::Mutex::new(Queued::default()),
+                apply_failed: std::sync::Mutex::new(None),
             }),
         };
         let version = replica
@@ -404,7 +481,8 @@ impl Replica {
     }
 
     /// Runs `f` on a blocking thread as the one writer, after committing the copy's open
-    /// write transaction (if any).
+    /// write transaction (if any) and applying the transactions `apply_deferred` queued (or
+    /// failing with the error of one of them).
     async fn write_inner<T, F>(&self, f: F) -> Result<T>
     where
         T: Send + 'static,
@@ -415,7 +493,11 @@ impl Replica {
         let guard = Arc::clone(&self.inner.write_lock).lock_owned().await;
         let inner = Arc::clone(&self.inner);
         tokio::task::spawn_blocking(move || {
-            let result = inner.settle_copy().and_then(|()| f(&inner));
+            let result = inner
+                .settle_copy()
+                .and_then(|()| inner.apply_failure())
+                .and_then(|()| inner.drain_queued())
+                .and_then(|()| f(&inner));
             drop(guard);
             result
         })
@@ -423,19 +505,14 @@ impl Replica {
         .map_err(Error::Writer)?
     }
 
-    /// Applies one transaction (durably or not) and notifies readers.
-    async fn apply_with(&self, txn: Transaction, durability: Durability) -> Result<()> {
+    /// Applies one transaction durably and notifies readers.
+    async fn apply_durably(&self, txn: Transaction) -> Result<()> {
         let version = txn.commit_lsn;
         let applied = self
             .write_inner(move |inner| {
-                let durable = matches!(durability, Durability::Immediate);
-                // Set before a deferred commit, so that a failed or interrupted one is still
-                // flushed; cleared only after a durable commit, which covers all earlier ones.
-                if !durable {
-                    inner.deferred.store(true, Ordering::Release);
-                }
-                let applied = Replica::apply_blocking(&inner.db, &txn, durability)?;
-                if durable && applied {
+                let applied = Replica::apply_blocking(&inner.db, &txn, Durability::Immediate)?;
+                // An `Immediate` commit makes every earlier one durable too.
+                if applied {
                     inner.deferred.store(false, Ordering::Release);
                 }
                 Ok(applied)
@@ -448,7 +525,7 @@ impl Replica {
     }
 
     /// Applies one transaction synchronously (the body of [`Destination::apply`] and
-    /// [`Destination::apply_deferred`]).
+    /// [`Destination::apply_deferred`]); false when it was at or below the watermark.
     fn apply_blocking(db: &Database, txn: &Transaction, durability: Durability) -> Result<bool> {
         let mut w = db.begin_write()?;
         w.set_durability(durability)?;
@@ -1292,15 +1369,68 @@ impl Destination for Replica {
     }
 
     async fn apply(&self, txn: Transaction) -> Result<()> {
-        self.apply_with(txn, Durability::Immediate).await
+        self.apply_durably(txn).await
     }
 
     async fn apply_deferred(&self, txn: Transaction) -> Result<()> {
-        self.apply_with(txn, Durability::None).await
+        self.inner.apply_failure()?;
+        {
+            let mut q = self
+                .inner
+                .queued
+                .lock()
+                .map_err(|_| Error::State("apply queue"))?;
+            q.txns.push_back(txn);
+            if q.draining {
+                // The running drain applies it.
+                return Ok(());
+            }
+        }
+        // Start a drain. It holds the writer lock until the queue is empty, so a write asked
+        // for after this call waits for the queued transactions (and every write applies
+        // any left queued first, e.g. when this future was dropped while it waited here).
+        let guard = Arc::clone(&self.inner.write_lock).lock_owned().await;
+        {
+            let mut q = self
+                .inner
+                .queued
+                .lock()
+                .map_err(|_| Error::State("apply queue"))?;
+            if q.txns.is_empty() {
+                return Ok(());
+            }
+            q.draining = true;
+        }
+        let inner = Arc::clone(&self.inner);
+        drop(tokio::task::spawn_blocking(move || {
+            let drained = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                inner.settle_copy().and_then(|()| inner.drain_queued())
+            }))
+            .unwrap_or(Err(Error::ApplyPanicked));
+            if let Err(e) = drained {
+                tracing::error!(error = %e, "applying a replicated transaction failed");
+                if let Ok(mut q) = inner.queued.lock() {
+                    q.txns.clear();
+                    q.draining = false;
+                }
+                if let Ok(mut slot) = inner.apply_failed.lock() {
+                    slot.get_or_insert(e);
+                }
+            }
+            drop(guard);
+        }));
+        Ok(())
     }
 
     async fn flush(&self) -> Result<()> {
-        if !self.inner.deferred.load(Ordering::Acquire) {
+        self.inner.apply_failure()?;
+        let queued = self
+            .inner
+            .queued
+            .lock()
+            .map_err(|_| Error::State("apply queue"))
+            .map(|q| q.draining || !q.txns.is_empty())?;
+        if !queued && !self.inner.deferred.load(Ordering::Acquire) {
             return Ok(());
         }
         self.write_inner(|inner| {
@@ -1722,6 +1852,73 @@ mod tests {
             .await
             .unwrap();
         (dir, r, TableName::new("public", "t"))
+    }
+
+    /// `apply_deferred` queues: a burst is applied in order, one version each, and a flush
+    /// (or any other write) comes after everything queued before it. A transaction that
+    /// fails drops those queued after it, the next call reports the error, and the same
+    /// transactions sent again (as the slot does) apply.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn queued_transactions_apply_in_order_and_a_failure_drops_the_rest() {
+        let (_dir, r, t) = syncing_replica().await;
+        r.finish_initial_sync(synced_state()).await.unwrap();
+        let insert = |lsn: u64, id: i64| {
+            txn(
+                lsn,
+                vec![Change::Insert {
+                    table: t.clone(),
+                    row: row(id, "q", id),
+                }],
+            )
+        };
+        let mut versions = r.subscribe();
+        for i in 0..200 {
+            r.apply_deferred(insert(100 + 10 * i, 1000 + i as i64))
+                .await
+                .unwrap();
+        }
+        r.flush().await.unwrap();
+        let snap = r.snapshot().unwrap();
+        assert_eq!(snap.version().unwrap(), Lsn(100 + 10 * 199));
+        for i in 0..200u64 {
+            let (_, version) = snap
+                .get(&t, &[Value::Int(1000 + i as i64)])
+                .unwrap()
+                .unwrap();
+            assert_eq!(version, Lsn(100 + 10 * i), "row {i} has its own commit");
+        }
+        assert_eq!(*versions.borrow_and_update(), Lsn(100 + 10 * 199));
+        assert!(!r.inner.deferred.load(Ordering::Acquire), "flushed");
+
+        // A transaction on a table the replica does not hold fails; the two queued after
+        // it are dropped, not applied out of order.
+        let unknown = txn(
+            5000,
+            vec![Change::Insert {
+                table: TableName::new("public", "nope"),
+                row: row(1, "x", 1),
+            }],
+        );
+        r.apply_deferred(unknown).await.unwrap();
+        r.apply_deferred(insert(5010, 5010)).await.unwrap();
+        r.apply_deferred(insert(5020, 5020)).await.unwrap();
+        let err = r
+            .flush()
+            .await
+            .expect_err("the failed transaction is reported");
+        assert!(err.to_string().contains("nope"), "{err}");
+        let snap = r.snapshot().unwrap();
+        assert_eq!(snap.version().unwrap(), Lsn(100 + 10 * 199));
+        assert!(snap.get(&t, &[Value::Int(5010)]).unwrap().is_none());
+        assert!(snap.get(&t, &[Value::Int(5020)]).unwrap().is_none());
+        // Reported once: the stream starts over and the slot sends them again.
+        r.flush().await.unwrap();
+        r.apply_deferred(insert(5010, 5010)).await.unwrap();
+        r.apply_deferred(insert(5020, 5020)).await.unwrap();
+        r.flush().await.unwrap();
+        let snap = r.snapshot().unwrap();
+        assert_eq!(snap.version().unwrap(), Lsn(5020));
+        assert!(snap.get(&t, &[Value::Int(5010)]).unwrap().is_some());
     }
 
     #[tokio::test]

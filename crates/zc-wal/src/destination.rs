@@ -40,6 +40,9 @@ pub struct SyncState {
 ///   destination must not corrupt itself if handed one again).
 /// - `apply_deferred` applies a transaction as atomically as `apply` (readers may see it at
 ///   once) but need not make it durable; `flush` makes everything applied so far durable.
+///   It may return before the transaction is applied (queued for a writer, in order); an
+///   error applying it is then returned by a later `apply_deferred` or `flush`, and `flush`
+///   covers every transaction passed to `apply_deferred` before it.
 ///   zc-wal acknowledges nothing a deferred transaction covers until a later `apply` or a
 ///   `flush` has resolved. The stored (durable) watermark MUST be that of the last durable
 ///   commit: after a crash the destination may be behind the last deferred transaction, never

@@ -12,8 +12,9 @@
 //!   acknowledged, and transactions at or below the stored watermark are skipped, so nothing
 //!   is applied twice (`crash_and_restart_converges` in zc-replica's integration tests).
 //! - With no transaction open, every transaction before a keepalive's `wal_end` has been
-//!   received and applied (pgoutput sends transactions in commit order, and this loop applies
-//!   each before reading on), so acknowledging `wal_end` is safe once those are durable;
+//!   received and handed to the destination (pgoutput sends transactions in commit order,
+//!   and this loop hands each over before reading on; the flush covers every one handed
+//!   over before it), so acknowledging `wal_end` is safe once those are durable;
 //!   without it a quiet or unpublished-only workload would pin WAL forever
 //!   (`quiet_database_advances_the_slot`).
 //!
