@@ -319,21 +319,27 @@ impl Pipeline {
                 (None, None) => vec![],
             });
         };
-        let before = self.window.clone();
         let was_full = self.window.len() >= limit;
+        // A full window's last row bounds it: every admitted row outside the window sorts
+        // after it. A window that was not full held every admitted row.
+        let inside = is.is_some_and(|n| {
+            !was_full || self.window.last().is_some_and(|l| self.cmp(n, l).is_lt())
+        });
+        // What leaves and what enters the window, matched by key below (no copy of the
+        // window, no comparison of every row with every other).
+        let mut left: Vec<Row> = Vec::new();
+        let mut entered: Vec<Row> = Vec::new();
         for row in [was, is].into_iter().flatten() {
             if let Some(i) = self.window.iter().position(|r| self.same_key(r, row)) {
-                self.window.remove(i);
+                left.push(self.window.remove(i));
             }
         }
-        if let Some(n) = is {
-            // A full window's last row bounds it: every admitted row outside the window sorts
-            // after it. A window that was not full held every admitted row.
-            let inside = !was_full || before.last().is_some_and(|l| self.cmp(n, l).is_lt());
-            if inside {
-                let at = self.window.partition_point(|r| self.cmp(r, n).is_lt());
-                self.window.insert(at, n.clone());
-                self.window.truncate(limit);
+        if let Some(n) = is.filter(|_| inside) {
+            let at = self.window.partition_point(|r| self.cmp(r, n).is_lt());
+            self.window.insert(at, n.clone());
+            entered.push(n.clone());
+            if self.window.len() > limit {
+                left.extend(self.window.drain(limit..));
             }
         }
         if was_full && self.window.len() < limit {
@@ -343,30 +349,30 @@ impl Pipeline {
             let more = self.fetch(source, after.as_deref(), need, exists)?;
             for r in more {
                 if !self.window.iter().any(|w| self.same_key(w, &r)) {
+                    entered.push(r.clone());
                     self.window.push(r);
                 }
             }
         }
-        Ok(self.diff(&before))
+        Ok(self.changes(left, entered))
     }
 
-    fn diff(&self, before: &[Row]) -> Vec<Output> {
-        let mut out = Vec::new();
-        for b in before {
-            match self.window.iter().find(|a| self.same_key(a, b)) {
-                None => out.push(RowChange::Remove(b.clone())),
-                Some(a) if a != b => out.push(RowChange::Edit {
-                    old: b.clone(),
-                    new: a.clone(),
-                }),
-                Some(_) => {}
+    /// The output of rows that `left` and `entered` the window: a key in both is an edit
+    /// (or nothing when the row is unchanged). Removals and edits first, then additions.
+    fn changes(&self, left: Vec<Row>, mut entered: Vec<Row>) -> Vec<Output> {
+        let mut out = Vec::with_capacity(left.len() + entered.len());
+        for old in left {
+            match entered.iter().position(|n| self.same_key(n, &old)) {
+                Some(i) => {
+                    let new = entered.remove(i);
+                    if new != old {
+                        out.push(RowChange::Edit { old, new });
+                    }
+                }
+                None => out.push(RowChange::Remove(old)),
             }
         }
-        for a in &self.window {
-            if !before.iter().any(|b| self.same_key(a, b)) {
-                out.push(RowChange::Add(a.clone()));
-            }
-        }
+        out.extend(entered.into_iter().map(RowChange::Add));
         out
     }
 }

@@ -543,26 +543,31 @@ impl Node {
         let changed: Vec<&Row> = old.into_iter().chain(new).collect();
         // Existing partitions first: ones created below hydrate with the change included.
         for s in &mut self.slots {
+            // Every partition of a slot runs the same subquery: one tells whether any of
+            // them reads more than the child table.
             let deep = s
                 .partitions
                 .values()
-                .any(|p| !p.node.slots.is_empty() || !p.node.level.reads.is_empty());
-            let keys: Vec<Vec<u8>> = if s.child_table == table && !deep {
+                .next()
+                .is_some_and(|p| !p.node.slots.is_empty() || !p.node.level.reads.is_empty());
+            if deep {
+                for p in s.partitions.values_mut() {
+                    p.node.push(table, change, sources, out)?;
+                }
+            } else if s.child_table == table {
                 // Only the partitions the old or new row correlates with can change.
                 let mut keys: Vec<Vec<u8>> = changed
                     .iter()
                     .map(|r| encode_cols(r, &s.child_cols))
                     .collect();
                 keys.dedup();
-                keys
-            } else {
-                s.partitions.keys().cloned().collect()
-            };
-            for k in keys {
-                if let Some(p) = s.partitions.get_mut(&k) {
-                    p.node.push(table, change, sources, out)?;
+                for k in keys {
+                    if let Some(p) = s.partitions.get_mut(&k) {
+                        p.node.push(table, change, sources, out)?;
+                    }
                 }
             }
+            // Otherwise no partition reads `table`.
         }
         let own = table == self.table();
         let reads = self.level.reads.contains(table);
