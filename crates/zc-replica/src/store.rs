@@ -909,6 +909,55 @@ fn delete_row(w: &WriteTransaction, spec: &TableSpec, pk: &[u8]) -> Result<Optio
     Ok(Some(row))
 }
 
+/// An updated row: the new values, and for a value not sent (unchanged TOAST) the old row's.
+fn merge_update(new: &[Option<Value>], old: Option<&Row>) -> Row {
+    new.iter()
+        .enumerate()
+        .map(|(i, v)| match v {
+            Some(v) => v.clone(),
+            None => old.and_then(|r| r.get(i).cloned()).unwrap_or(Value::Null),
+        })
+        .collect()
+}
+
+/// Updates a row in place (its key unchanged): `new` holds the new values, `None` for one
+/// unchanged and not sent (TOAST). Index entries whose key did not change stay untouched.
+fn update_row(
+    w: &WriteTransaction,
+    spec: &TableSpec,
+    version: u64,
+    pk: &[u8],
+    new: &[Option<Value>],
+) -> Result<()> {
+    let name = storage_key(&spec.name);
+    let (old, merged) = {
+        let mut rows = w.open_table(TableDefinition::<&[u8], &[u8]>::new(&rows_table(&name)))?;
+        let old = match rows.get(pk)? {
+            Some(raw) => Some(decode_stored_row(&spec.name, raw.value())?.0),
+            None => None,
+        };
+        let merged = merge_update(new, old.as_ref());
+        rows.insert(pk, encode_stored_row(version, &merged).as_slice())?;
+        (old, merged)
+    };
+    for index in stored_indexes(spec) {
+        let entry = index_key(index, &merged, pk);
+        let mut t = w.open_table(TableDefinition::<&[u8], ()>::new(&index_table(
+            &name,
+            &index.name,
+        )))?;
+        if let Some(old) = &old {
+            let old_entry = index_key(index, old, pk);
+            if old_entry == entry {
+                continue;
+            }
+            t.remove(old_entry.as_slice())?;
+        }
+        t.insert(entry.as_slice(), ())?;
+    }
+    Ok(())
+}
+
 fn drop_table_data(w: &WriteTransaction, spec: &TableSpec) -> Result<()> {
     drop_table_data_in(w, Area::Live, spec)
 }
@@ -1056,18 +1105,12 @@ fn apply_change(
                 Some(k) => key::encode(k.iter()),
                 None => new_pk.clone(),
             };
+            if old_pk == new_pk {
+                update_row(w, &spec, version, &new_pk, new)?;
+                return log_change(w, version, table, &new_pk, ChangeOp::Set);
+            }
             let old_row = delete_row(w, &spec, &old_pk)?;
-            let merged: Row = new
-                .iter()
-                .enumerate()
-                .map(|(i, v)| match v {
-                    Some(v) => v.clone(),
-                    None => old_row
-                        .as_ref()
-                        .and_then(|r| r.get(i).cloned())
-                        .unwrap_or(Value::Null),
-                })
-                .collect();
+            let merged = merge_update(new, old_row.as_ref());
             if old_pk != new_pk {
                 log_change(w, version, table, &old_pk, ChangeOp::Delete)?;
             }
