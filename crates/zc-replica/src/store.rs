@@ -23,7 +23,8 @@
 //! - `apply_deferred` queues the transaction for the writer and returns: the stream decodes
 //!   the next transaction while the writer applies this one, and a burst is applied back to
 //!   back without a round trip to the stream each. Every other write applies the queued
-//!   transactions first, so writes still happen in the order they were asked for; after a
+//!   transactions first (all but a copy's batches, written while no stream runs: a table is
+//!   copied again after its stream ended), so writes happen in the order asked for; after a
 //!   queued transaction fails, the rest of the queue is dropped and the next
 //!   `apply_deferred` or write reports the error (the stream then resumes from the
 //!   watermark, and the slot sends the dropped ones again).
@@ -1111,9 +1112,8 @@ fn apply_change(
             }
             let old_row = delete_row(w, &spec, &old_pk)?;
             let merged = merge_update(new, old_row.as_ref());
-            if old_pk != new_pk {
-                log_change(w, version, table, &old_pk, ChangeOp::Delete)?;
-            }
+            // The key changed: the old key is gone.
+            log_change(w, version, table, &old_pk, ChangeOp::Delete)?;
             let pk = put_row(w, &spec, version, &merged)?;
             log_change(w, version, table, &pk, ChangeOp::Set)
         }
