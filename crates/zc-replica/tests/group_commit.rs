@@ -230,27 +230,6 @@ async fn wait_confirmed(db: &TestDb, slot: &str, target: Lsn) {
     }
 }
 
-async fn wait_slot_inactive(db: &TestDb, slot: &str) {
-    let mut conn = db.connect().await;
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-    loop {
-        let active: bool =
-            sqlx::query_scalar("SELECT active FROM pg_replication_slots WHERE slot_name = $1")
-                .bind(slot)
-                .fetch_one(&mut conn)
-                .await
-                .expect("slot query");
-        if !active {
-            return;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the slot stayed active after the kill"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn acks_never_pass_the_durable_watermark() {
     init_tracing();

@@ -109,6 +109,7 @@ async fn clean_restart_resumes_without_resync_and_dropped_slot_resyncs() {
     running.stop().await;
 
     // The slot disappears while zc is down: the next start resyncs from a new snapshot.
+    wait_slot_inactive(&db, &cfg.slot_name()).await;
     let mut conn = db.connect().await;
     sqlx::query("SELECT pg_drop_replication_slot($1)")
         .bind(cfg.slot_name())

@@ -167,6 +167,29 @@ pub async fn wait_marker(running: &Running, n: i64) {
     }
 }
 
+/// Waits until no walsender holds the slot (its process ends a little after the
+/// replicator disconnects).
+pub async fn wait_slot_inactive(db: &TestDb, slot: &str) {
+    let mut conn = db.connect().await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let active: bool =
+            sqlx::query_scalar("SELECT active FROM pg_replication_slots WHERE slot_name = $1")
+                .bind(slot)
+                .fetch_one(&mut conn)
+                .await
+                .expect("slot query");
+        if !active {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the slot stayed active after the replicator left"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 /// The slot's `confirmed_flush_lsn`: what the replicator acknowledged.
 pub async fn confirmed_flush(db: &TestDb, slot: &str) -> Lsn {
     let mut conn = db.connect().await;
