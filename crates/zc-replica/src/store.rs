@@ -256,16 +256,19 @@ impl Inner {
                 }
             };
             if let Err(e) = self.apply_deferred_now(&txn) {
-                // Those after it cannot be applied without it: the stream fails on this
-                // error, resumes from the watermark, and the slot sends them again.
-                let mut q = self
-                    .queued
-                    .lock()
-                    .map_err(|_| Error::State("apply queue"))?;
-                q.txns.clear();
-                q.draining = false;
+                self.drop_queued();
                 return Err(e);
             }
+        }
+    }
+
+    /// Drops the queued transactions after one failed: those after it cannot be applied
+    /// without it. The stream fails on that error, resumes from the watermark, and the slot
+    /// sends them again.
+    fn drop_queued(&self) {
+        if let Ok(mut q) = self.queued.lock() {
+            q.txns.clear();
+            q.draining = false;
         }
     }
 
@@ -282,15 +285,7 @@ impl Inner {
 
     /// The error of a queued transaction, if one failed (taken: reported once).
     fn apply_failure(&self) -> Result<()> {
-        match self
-            .apply_failed
-            .lock()
-            .map_err(|_| Error::State("apply queue"))?
-            .take()
-        {
-            Some(e) => Err(e),
-            None => Ok(()),
-        }
+        take_failure(&self.apply_failed, "apply queue")
     }
 
     /// Writes the secondary indexes the copy collected (see [`IndexBuilds`]), after every
@@ -316,23 +311,13 @@ impl Inner {
 
     /// The error of a copy batch written behind, if one failed (taken: reported once).
     fn copy_failure(&self) -> Result<()> {
-        match self
-            .copy_failed
-            .lock()
-            .map_err(|_| Error::State("copy"))?
-            .take()
-        {
-            Some(e) => Err(e),
-            None => Ok(()),
-        }
+        take_failure(&self.copy_failed, "copy")
     }
 
     /// Keeps the first error of a copy batch written behind.
     fn record_copy_failure(&self, e: Error) {
         tracing::error!(error = %e, "writing a batch of the copy failed");
-        if let Ok(mut slot) = self.copy_failed.lock() {
-            slot.get_or_insert(e);
-        }
+        keep_failure(&self.copy_failed, e);
     }
 
     /// Forgets the index entries and the failed batch of an interrupted copy.
@@ -385,6 +370,21 @@ impl Inner {
             *slot = Some(open);
         }
         Ok(())
+    }
+}
+
+/// The error kept in `slot`, if any (taken: reported once).
+fn take_failure(slot: &std::sync::Mutex<Option<Error>>, what: &'static str) -> Result<()> {
+    match slot.lock().map_err(|_| Error::State(what))?.take() {
+        Some(e) => Err(e),
+        None => Ok(()),
+    }
+}
+
+/// Keeps `e` in `slot` unless an earlier error is kept there.
+fn keep_failure(slot: &std::sync::Mutex<Option<Error>>, e: Error) {
+    if let Ok(mut slot) = slot.lock() {
+        slot.get_or_insert(e);
     }
 }
 
@@ -1452,13 +1452,8 @@ impl Destination for Replica {
             .unwrap_or(Err(Error::ApplyPanicked));
             if let Err(e) = drained {
                 tracing::error!(error = %e, "applying a replicated transaction failed");
-                if let Ok(mut q) = inner.queued.lock() {
-                    q.txns.clear();
-                    q.draining = false;
-                }
-                if let Ok(mut slot) = inner.apply_failed.lock() {
-                    slot.get_or_insert(e);
-                }
+                inner.drop_queued();
+                keep_failure(&inner.apply_failed, e);
             }
             drop(guard);
         }));
@@ -1943,12 +1938,22 @@ mod tests {
             }],
         );
         r.apply_deferred(unknown).await.unwrap();
-        r.apply_deferred(insert(5010, 5010)).await.unwrap();
-        r.apply_deferred(insert(5020, 5020)).await.unwrap();
-        let err = r
-            .flush()
-            .await
-            .expect_err("the failed transaction is reported");
+        // The error comes back from whichever call follows the failure (as the stream
+        // does, nothing more is sent after it).
+        let mut reported = None;
+        for next in [insert(5010, 5010), insert(5020, 5020)] {
+            if let Err(e) = r.apply_deferred(next).await {
+                reported = Some(e);
+                break;
+            }
+        }
+        let err = match reported {
+            Some(e) => e,
+            None => r
+                .flush()
+                .await
+                .expect_err("the failed transaction is reported"),
+        };
         assert!(err.to_string().contains("nope"), "{err}");
         let snap = r.snapshot().unwrap();
         assert_eq!(snap.version().unwrap(), Lsn(100 + 10 * 199));

@@ -83,14 +83,21 @@ fn assert_one_version_per_transaction(replica: &Replica, n: i64) -> Vec<(i64, Ls
     rows
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn bursts_of_small_transactions_keep_one_version_each_across_restarts() {
+/// A test database with the marker and `burst` tables, and a directory for the replica
+/// file (kept while the returned guard lives) with the file's path.
+async fn burst_db() -> (TestDb, tempfile::TempDir, std::path::PathBuf) {
     init_tracing();
     let db = TestDb::new().await;
     db.exec(MARKER_DDL).await;
     db.exec(BURST_DDL).await;
     let dir = tempfile::tempdir().expect("tempdir");
     let path = dir.path().join("r.redb");
+    (db, dir, path)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bursts_of_small_transactions_keep_one_version_each_across_restarts() {
+    let (db, _dir, path) = burst_db().await;
     let cfg = wal_config(&db);
 
     let running = Running::start(cfg.clone(), &path);
@@ -137,12 +144,7 @@ async fn bursts_of_small_transactions_keep_one_version_each_across_restarts() {
 /// (or 500 transactions), and the slot still moves up to the last of them.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn keepalives_between_transactions_do_not_each_flush() {
-    init_tracing();
-    let db = TestDb::new().await;
-    db.exec(MARKER_DDL).await;
-    db.exec(BURST_DDL).await;
-    let dir = tempfile::tempdir().expect("tempdir");
-    let path = dir.path().join("r.redb");
+    let (db, _dir, path) = burst_db().await;
     let slot = format!("{}_0_zc", db.name);
     let (running, flushes) = Running::start_counting_flushes(wal_config(&db), &path);
     let n = bump_marker(&db).await;
@@ -232,18 +234,13 @@ async fn wait_confirmed(db: &TestDb, slot: &str, target: Lsn) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn acks_never_pass_the_durable_watermark() {
-    init_tracing();
     let seed: u64 = std::env::var("ZC_PROPTEST_SEED")
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or_else(rand::random);
     eprintln!("acks_never_pass_the_durable_watermark seed={seed}");
     let mut rng = StdRng::seed_from_u64(seed);
-    let db = TestDb::new().await;
-    db.exec(MARKER_DDL).await;
-    db.exec(BURST_DDL).await;
-    let dir = tempfile::tempdir().expect("tempdir");
-    let path = dir.path().join("replica.redb");
+    let (db, _dir, path) = burst_db().await;
     let slot = format!("{}_0_zc", db.name);
     // The initial sync first (in this process): then a marker acknowledged by the child below
     // means it is streaming.

@@ -99,6 +99,13 @@ struct Deferred {
     ack: pgwire_replication::Lsn,
 }
 
+impl Deferred {
+    /// Whether the flush is due: too many transactions wait, or the first too long.
+    fn due(&self) -> bool {
+        self.count >= MAX_DEFERRED_TXNS || self.since.elapsed() >= MAX_DEFERRED_FOR
+    }
+}
+
 struct OpenTxn {
     commit_lsn: Lsn,
     skip: bool,
@@ -258,9 +265,7 @@ impl<D: Destination> Streamer<'_, D> {
                     });
                     deferred.count += 1;
                     deferred.ack = end_lsn;
-                    let within_bounds = deferred.count < MAX_DEFERRED_TXNS
-                        && deferred.since.elapsed() < MAX_DEFERRED_FOR;
-                    if within_bounds {
+                    if !deferred.due() {
                         metrics::counter!("zc_wal_transactions_deferred_total").increment(1);
                     } else {
                         self.ack(client, end_lsn, "bound").await?;
@@ -285,7 +290,7 @@ impl<D: Destination> Streamer<'_, D> {
                             d.ack = d.ack.max(wal_end);
                             // Keepalives that never leave the stream idle do not hold
                             // the flush back past its bound either.
-                            if d.since.elapsed() >= MAX_DEFERRED_FOR {
+                            if d.due() {
                                 let ack = d.ack;
                                 self.ack(client, ack, "keepalive").await?;
                             }
