@@ -3,14 +3,15 @@
 //! A copy's rows arrive in key order (batch by batch), but their index entries do not: an
 //! index on `(issueID, created)` of three million comments receives its entries all over the
 //! key space, and once that index outgrows the page cache every insert reads pages back from
-//! the file. So a copy only collects index entries here. When the copy finishes, each index is
-//! written in one pass, in key order: the entries of one index come out of an external merge
-//! sort (sorted runs spilled to files next to the replica, bounded memory), and redb appends
-//! them to mostly the same rightmost leaf.
+//! the file. So a copy only collects index entries here. When a table's copy finishes, each of
+//! its indexes is written in one pass, in key order: the entries of one index come out of an
+//! external merge sort (sorted runs spilled to files next to the replica, bounded memory), and
+//! redb appends them to mostly the same rightmost leaf. The merge runs beside the writer and
+//! hands it chunks, which it writes between the row batches of the tables still copying.
 //!
 //! ```text
 //!  copy batch ──entries──▶ pending (flat buffer, per index) ──full──▶ sorted run file
-//!  finish ──▶ merge(pending, runs…) per index ──in key order──▶ redb index table
+//!  table copied ──▶ Merge(pending, runs…) per index ──chunks in key order──▶ redb index table
 //! ```
 //!
 //! Replaced rows (a batch re-delivering a key, which a copy from one snapshot never does) are
@@ -22,7 +23,7 @@ use std::fs::File;
 use std::io::{BufReader, BufWriter, Read, Write};
 use std::path::{Path, PathBuf};
 
-use redb::{ReadableTableMetadata, TableDefinition, WriteTransaction};
+use redb::{TableDefinition, WriteTransaction};
 
 use crate::error::{Error, Result};
 
@@ -60,6 +61,25 @@ impl KeyList {
             u32::try_from(len).map_err(|_| too_long())?,
         ));
         Ok(())
+    }
+
+    /// How many entries it holds.
+    pub(crate) fn len(&self) -> usize {
+        self.spans.len()
+    }
+
+    pub(crate) fn is_empty(&self) -> bool {
+        self.spans.is_empty()
+    }
+
+    /// Its bytes (entries without their bookkeeping).
+    pub(crate) fn byte_len(&self) -> usize {
+        self.bytes.len()
+    }
+
+    /// The entries, in their order.
+    pub(crate) fn iter(&self) -> impl Iterator<Item = &[u8]> {
+        self.spans.iter().map(|&s| span(&self.bytes, s))
     }
 
     /// Sorts the entries (the builds merge sorted batches cheaply).
@@ -240,134 +260,227 @@ impl IndexBuilds {
 #[derive(Debug)]
 pub(crate) struct TakenBuilds(Vec<(String, Build)>);
 
+impl TakenBuilds {
+    /// One merge per taken build (sorting its pending entries).
+    pub(crate) fn into_merges(self) -> Result<Vec<Merge>> {
+        self.0
+            .into_iter()
+            .map(|(table, build)| Merge::new(table, build))
+            .collect()
+    }
+}
+
 /// Writes taken builds, one write transaction each (non-durable), and removes their run files.
 pub(crate) fn write_taken(db: &redb::Database, taken: TakenBuilds) -> Result<usize> {
     let mut written = 0;
-    for (table, build) in taken.0 {
-        let mut w = db.begin_write()?;
-        w.set_durability(redb::Durability::None)?;
-        written += write_build(&w, &table, &build)?;
-        w.commit()?;
-        for run in &build.runs {
-            let _ = std::fs::remove_file(run);
+    for mut merge in taken.into_merges()? {
+        let w = {
+            let mut w = db.begin_write()?;
+            w.set_durability(redb::Durability::None)?;
+            w
+        };
+        while let Some(chunk) = merge.next_chunk(MERGE_CHUNK)? {
+            written += chunk.len();
+            write_chunk(&w, merge.table(), &chunk)?;
         }
+        w.commit()?;
     }
     Ok(written)
 }
 
-/// Merges a build's runs and pending entries and inserts them, in key order, into `table`.
+/// Entries a merge yields at a time: the copy writes them between its row batches.
+pub(crate) const MERGE_CHUNK: usize = 32 * 1024;
+
+/// Inserts a chunk of a [`Merge`] (sorted, each key once) into the index table `table`.
 ///
-/// The merge yields each key once, in ascending order, so into an empty table (the usual
-/// case: the copy cleared it) the keys are appended through a cursor at the table's end,
-/// which packs full leaves instead of descending the tree and splitting a leaf per key.
-fn write_build(w: &WriteTransaction, table: &str, build: &Build) -> Result<usize> {
+/// The keys go through a cursor at the gap where the chunk's first key belongs: into a table
+/// filled by the chunks before it (the usual case: the copy cleared it), that is the end, and
+/// the keys are appended to the rightmost leaf, packing full leaves instead of descending the
+/// tree and splitting a leaf per key. The first key that does not fit the gap (the table held
+/// entries of its own) ends the run; it and the rest take the ordinary path.
+pub(crate) fn write_chunk(w: &WriteTransaction, table: &str, chunk: &KeyList) -> Result<()> {
     let mut index = w.open_table(TableDefinition::<&[u8], ()>::new(table))?;
-    if index.is_empty()? {
-        let mut cursor = index.upper_bound_mut(std::ops::Bound::<&[u8]>::Unbounded)?;
-        let written = merge_build(build, &mut |key| Ok(cursor.insert_before(key, ())?))?;
-        cursor.close()?;
-        Ok(written)
-    } else {
-        merge_build(build, &mut |key| {
-            index.insert(key, ())?;
-            Ok(())
-        })
+    let mut keys = chunk.iter().peekable();
+    let gap = match keys.peek() {
+        Some(&first) => std::ops::Bound::Excluded(first),
+        None => return Ok(()),
+    };
+    let mut unordered = None;
+    let mut cursor = index.upper_bound_mut(gap)?;
+    for key in keys.by_ref() {
+        match cursor.insert_before(key, ()) {
+            Ok(()) => {}
+            Err(redb::CursorError::UnorderedKey) => {
+                unordered = Some(key);
+                break;
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+    cursor.close()?;
+    for key in unordered.into_iter().chain(keys) {
+        index.insert(key, ())?;
+    }
+    Ok(())
+}
+
+/// The merge of one build's sorted runs and pending entries: every key that was added more
+/// often than removed, once, in ascending order, a chunk at a time. It owns what it merges, so
+/// the copy merges a table's indexes on a thread of its own and hands the writer sorted
+/// chunks. Its run files are removed when it is dropped.
+pub(crate) struct Merge {
+    table: String,
+    runs: Vec<Run>,
+    /// The head entry of each run, with the run's position.
+    heap: BinaryHeap<Reverse<(Vec<u8>, usize)>>,
+    /// The pending entries: their bytes, their spans in key order, and the next one's position.
+    bytes: Vec<u8>,
+    spans: Vec<(u32, u32)>,
+    next_pending: usize,
+    removed: HashMap<Vec<u8>, u64>,
+    /// The last key taken and how often it was added so far (equal keys come together).
+    last: Option<(Vec<u8>, u64)>,
+}
+
+impl std::fmt::Debug for Merge {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Merge")
+            .field("table", &self.table)
+            .field("runs", &self.runs.len())
+            .field("pending", &(self.spans.len() - self.next_pending))
+            .finish()
     }
 }
 
-/// Merges a build's runs and pending entries and passes every key that was added more often
-/// than removed to `put`, once, in ascending order. Returns how many it passed.
-fn merge_build(build: &Build, put: &mut dyn FnMut(&[u8]) -> Result<()>) -> Result<usize> {
-    let mut runs = Vec::with_capacity(build.runs.len());
-    for path in &build.runs {
-        let file = File::open(path).map_err(|e| io_error(path, e))?;
-        runs.push(Run {
-            path,
-            reader: BufReader::with_capacity(RUN_READ_BUFFER, file),
-        });
-    }
-    let pending = build.sorted_pending();
-    let mut pending = pending.into_iter().peekable();
-    // The head entry of each run, with the run's position; pending entries merge in beside it.
-    let mut heap: BinaryHeap<Reverse<(Vec<u8>, usize)>> = BinaryHeap::new();
-    for (i, run) in runs.iter_mut().enumerate() {
-        if let Some(key) = run.next()? {
-            heap.push(Reverse((key, i)));
+impl Merge {
+    fn new(table: String, build: Build) -> Result<Merge> {
+        let Build {
+            bytes,
+            mut spans,
+            runs: paths,
+            removed,
+        } = build;
+        // Each batch's entries come sorted: the stable sort merges those runs.
+        spans.sort_by(|&a, &b| span(&bytes, a).cmp(span(&bytes, b)));
+        let mut merge = Merge {
+            table,
+            // Listed before they are opened: the merge's drop removes the files of a failed
+            // open too.
+            runs: paths
+                .into_iter()
+                .map(|path| Run { path, reader: None })
+                .collect(),
+            heap: BinaryHeap::new(),
+            bytes,
+            spans,
+            next_pending: 0,
+            removed,
+            last: None,
+        };
+        for run in &mut merge.runs {
+            let file = File::open(&run.path).map_err(|e| io_error(&run.path, e))?;
+            run.reader = Some(BufReader::with_capacity(RUN_READ_BUFFER, file));
         }
+        for (i, run) in merge.runs.iter_mut().enumerate() {
+            if let Some(key) = run.next()? {
+                merge.heap.push(Reverse((key, i)));
+            }
+        }
+        Ok(merge)
     }
-    let mut written = 0;
-    let mut last: Option<(Vec<u8>, u64)> = None;
-    loop {
-        // The smallest of the heap's head and the next pending entry.
-        let from_pending = match (heap.peek(), pending.peek()) {
-            (None, None) => break,
-            (Some(Reverse((k, _))), Some(p)) => *p < k.as_slice(),
+
+    /// The index table this merge writes.
+    pub(crate) fn table(&self) -> &str {
+        &self.table
+    }
+
+    /// The next smallest key of the runs and the pending entries, with duplicates.
+    fn take(&mut self) -> Result<Option<Vec<u8>>> {
+        let pending = self
+            .spans
+            .get(self.next_pending)
+            .map(|&s| span(&self.bytes, s));
+        let from_pending = match (self.heap.peek(), pending) {
+            (None, None) => return Ok(None),
+            (Some(Reverse((k, _))), Some(p)) => p < k.as_slice(),
             (None, Some(_)) => true,
             (Some(_), None) => false,
         };
-        let key = if from_pending {
-            pending.next().map(<[u8]>::to_vec)
-        } else {
-            match heap.pop() {
-                Some(Reverse((key, i))) => {
-                    if let Some(next) = runs.get_mut(i).map(Run::next).transpose()?.flatten() {
-                        heap.push(Reverse((next, i)));
-                    }
-                    Some(key)
-                }
-                None => None,
-            }
+        if from_pending {
+            self.next_pending += 1;
+            return Ok(pending.map(<[u8]>::to_vec));
+        }
+        let Some(Reverse((key, i))) = self.heap.pop() else {
+            return Ok(None);
         };
-        let Some(key) = key else { break };
-        match &mut last {
-            Some((prev, count)) if *prev == key => *count += 1,
-            _ => {
-                if let Some((prev, count)) = last.take() {
-                    written += put_counted(put, &build.removed, &prev, count)?;
+        if let Some(next) = self.runs.get_mut(i).map(Run::next).transpose()?.flatten() {
+            self.heap.push(Reverse((next, i)));
+        }
+        Ok(Some(key))
+    }
+
+    /// Up to `max` more keys, in order; `None` once every key was yielded.
+    pub(crate) fn next_chunk(&mut self, max: usize) -> Result<Option<KeyList>> {
+        let mut chunk = KeyList::with_capacity(max.min(4096), max.min(4096) * 32);
+        while chunk.len() < max {
+            let Some(key) = self.take()? else {
+                // The end: the last key is complete.
+                if let Some((prev, count)) = self.last.take() {
+                    self.put_counted(&mut chunk, &prev, count)?;
                 }
-                last = Some((key, 1));
+                break;
+            };
+            match &mut self.last {
+                Some((prev, count)) if *prev == key => *count += 1,
+                _ => {
+                    if let Some((prev, count)) = self.last.replace((key, 1)) {
+                        self.put_counted(&mut chunk, &prev, count)?;
+                    }
+                }
             }
         }
+        Ok((!chunk.is_empty()).then_some(chunk))
     }
-    if let Some((prev, count)) = last {
-        written += put_counted(put, &build.removed, &prev, count)?;
-    }
-    Ok(written)
-}
 
-/// Passes `key` to `put` if it was added (`added` times) more often than removed.
-fn put_counted(
-    put: &mut dyn FnMut(&[u8]) -> Result<()>,
-    removed: &HashMap<Vec<u8>, u64>,
-    key: &[u8],
-    added: u64,
-) -> Result<usize> {
-    if added > removed.get(key).copied().unwrap_or(0) {
-        put(key)?;
-        Ok(1)
-    } else {
-        Ok(0)
+    /// Adds `key` to `chunk` if it was added (`added` times) more often than removed.
+    fn put_counted(&self, chunk: &mut KeyList, key: &[u8], added: u64) -> Result<()> {
+        if added > self.removed.get(key).copied().unwrap_or(0) {
+            chunk.push_with(|out| out.extend_from_slice(key))?;
+        }
+        Ok(())
     }
 }
 
-struct Run<'a> {
-    path: &'a Path,
-    reader: BufReader<File>,
+impl Drop for Merge {
+    fn drop(&mut self) {
+        for run in &self.runs {
+            let _ = std::fs::remove_file(&run.path);
+        }
+    }
 }
 
-impl Run<'_> {
+#[derive(Debug)]
+struct Run {
+    path: PathBuf,
+    reader: Option<BufReader<File>>,
+}
+
+impl Run {
     /// The run's next entry, or `None` at its end.
     fn next(&mut self) -> Result<Option<Vec<u8>>> {
+        let Some(reader) = self.reader.as_mut() else {
+            return Ok(None);
+        };
         let mut len = [0u8; 4];
-        match self.reader.read_exact(&mut len) {
+        match reader.read_exact(&mut len) {
             Ok(()) => {}
             Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(None),
-            Err(e) => return Err(io_error(self.path, e)),
+            Err(e) => return Err(io_error(&self.path, e)),
         }
         let mut key = vec![0; u32::from_le_bytes(len) as usize];
-        self.reader
+        reader
             .read_exact(&mut key)
-            .map_err(|e| io_error(self.path, e))?;
+            .map_err(|e| io_error(&self.path, e))?;
         Ok(Some(key))
     }
 }

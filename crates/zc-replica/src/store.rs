@@ -216,16 +216,16 @@ struct OpenCopy {
     area: Area,
     /// The version the copied rows carry in this area.
     version: u64,
-    /// Rows written since this transaction began.
-    rows: usize,
+    /// Bytes of rows and index entries written since this transaction began.
+    bytes: usize,
 }
 
-/// Rows a copy writes in one write transaction before committing it (non-durably). Small
-/// enough that a transaction's dirty pages (~15 MiB of rows of ~150 bytes) stay in redb's
-/// write buffer (half of the page cache) until the commit: the commit checksums every dirty
-/// page, and pages already flushed out of the buffer were read back from the file for it.
-/// At 1M issues (benches/side-by-side) 1M rows per transaction took 16.5 s, 100k 12.2 s.
-const COPY_COMMIT_ROWS: usize = 100_000;
+/// Bytes of rows and index entries a copy writes in one write transaction before committing
+/// it (non-durably). Small enough that a transaction's dirty pages stay in redb's write buffer
+/// (half of the page cache) until the commit: the commit checksums every dirty page, and pages
+/// already flushed out of the buffer were read back from the file for it. At 1M issues
+/// (benches/side-by-side) 1M rows (~150 MiB) per transaction took 16.5 s, 100k rows 12.2 s.
+const COPY_COMMIT_BYTES: usize = 16 << 20;
 
 impl Inner {
     /// Commits the copy's open write transaction, if any (non-durably, as every batch of a
@@ -337,6 +337,36 @@ impl Inner {
     /// if there is none), and commits that transaction once it holds enough rows. Runs as the
     /// writer, under `write_lock`.
     fn copy_batch(&self, area: Area, spec: &TableSpec, batch: EncodedBatch) -> Result<()> {
+        let bytes = batch.bytes.len();
+        self.copy_write(area, spec, bytes, |open| {
+            put_encoded_in(&open.txn, area, spec, open.version, batch, &self.builds)
+        })
+    }
+
+    /// Writes a chunk of a copied table's index (see [`index_build::Merge`]) into the copy's
+    /// open write transaction, like [`copy_batch`](Self::copy_batch).
+    fn copy_index_chunk(
+        &self,
+        area: Area,
+        spec: &TableSpec,
+        table: &str,
+        chunk: &KeyList,
+    ) -> Result<()> {
+        self.copy_write(area, spec, chunk.byte_len(), |open| {
+            index_build::write_chunk(&open.txn, table, chunk)
+        })
+    }
+
+    /// Runs `write` in the copy's open write transaction (begun here if there is none), and
+    /// commits that transaction once it holds enough bytes. Runs as the writer, under
+    /// `write_lock`.
+    fn copy_write(
+        &self,
+        area: Area,
+        spec: &TableSpec,
+        bytes: usize,
+        write: impl FnOnce(&OpenCopy) -> Result<()>,
+    ) -> Result<()> {
         // Lock order: `copy`, then `builds`.
         let mut slot = self.copy.lock().map_err(|_| Error::State("copy"))?;
         let mut open = match slot.take() {
@@ -352,7 +382,7 @@ impl Inner {
                     txn,
                     area,
                     version,
-                    rows: 0,
+                    bytes: 0,
                 }
             }
         };
@@ -362,9 +392,9 @@ impl Inner {
             open.txn.commit()?;
             return Err(Error::State(META_RESYNC));
         }
-        open.rows += batch.rows.len();
-        put_encoded_in(&open.txn, area, spec, open.version, batch, &self.builds)?;
-        if open.rows >= COPY_COMMIT_ROWS {
+        open.bytes += bytes;
+        write(&open)?;
+        if open.bytes >= COPY_COMMIT_BYTES {
             open.txn.commit()?;
         } else {
             *slot = Some(open);
@@ -1262,34 +1292,69 @@ impl Destination for Replica {
 
     async fn copied_table(&self, table: &TableName) -> Result<()> {
         // The table's index entries are complete: write them now, while other tables may
-        // still be copying (their batches are encoded meanwhile and wait for the writer).
-        let table = table.clone();
-        self.write_inner(move |inner| {
-            inner.copy_failure()?;
-            let (area, spec) = copy_target(&inner.db, &table)?;
-            let name = storage_key(&spec.name);
+        // still be copying. Each index is merged here, beside the writer, and its chunks are
+        // written behind like the copy's batches, between the batches of the other tables
+        // (before, the whole merge held the writer and every copy worker waited for it).
+        self.inner.copy_failure()?;
+        let started = std::time::Instant::now();
+        let inner = Arc::clone(&self.inner);
+        let name = table.clone();
+        let (area, spec, merges) = tokio::task::spawn_blocking(move || {
+            let (area, spec) = copy_target(&inner.db, &name)?;
+            let key = storage_key(&spec.name);
             let indexes: Vec<String> = stored_indexes(&spec)
-                .map(|index| area.index(&name, &index.name))
+                .map(|index| area.index(&key, &index.name))
                 .collect();
-            let started = std::time::Instant::now();
             // Taken out of the builds first: the copy workers go on adding to the others.
             let taken = inner
                 .builds
                 .lock()
                 .map_err(|_| Error::State("index build"))?
                 .take_tables(&indexes);
-            let entries = index_build::write_taken(&inner.db, taken)?;
-            if entries > 0 {
-                tracing::debug!(
-                    table = %table,
-                    entries,
-                    ms = started.elapsed().as_millis() as u64,
-                    "wrote a copied table's secondary indexes"
-                );
-            }
-            Ok(())
+            Ok::<_, Error>((area, spec, taken.into_merges()?))
         })
         .await
+        .map_err(Error::Writer)??;
+        let mut entries = 0;
+        for mut merge in merges {
+            loop {
+                let (back, chunk) = tokio::task::spawn_blocking(move || {
+                    let chunk = merge.next_chunk(index_build::MERGE_CHUNK);
+                    (merge, chunk)
+                })
+                .await
+                .map_err(Error::Writer)?;
+                merge = back;
+                let Some(chunk) = chunk? else { break };
+                self.inner.copy_failure()?;
+                entries += chunk.len();
+                let guard = Arc::clone(&self.inner.write_lock).lock_owned().await;
+                let inner = Arc::clone(&self.inner);
+                let spec = Arc::clone(&spec);
+                let index = merge.table().to_owned();
+                drop(tokio::task::spawn_blocking(move || {
+                    let written = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                        inner.copy_index_chunk(area, &spec, &index, &chunk)
+                    }))
+                    .unwrap_or(Err(Error::CopyWriterPanicked));
+                    if let Err(e) = written {
+                        inner.record_copy_failure(e);
+                    }
+                    drop(guard);
+                }));
+            }
+        }
+        // The last chunk written, and none failed.
+        self.write_inner(|inner| inner.copy_failure()).await?;
+        if entries > 0 {
+            tracing::debug!(
+                table = %table,
+                entries,
+                ms = started.elapsed().as_millis() as u64,
+                "wrote a copied table's secondary indexes"
+            );
+        }
+        Ok(())
     }
 
     async fn begin_table_resync(&self, spec: Arc<TableSpec>) -> Result<()> {
@@ -1880,6 +1945,45 @@ mod tests {
                 ack_lsn: Lsn(10),
             },
         }
+    }
+
+    /// A table's index larger than one merge chunk is written in chunks while another table
+    /// copies: every entry once, in index order, and the other table's rows are all there.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_index_written_in_chunks_beside_another_tables_copy_is_complete() {
+        let dir = tempfile::tempdir().unwrap();
+        let r = Replica::open(dir.path().join("r.redb")).unwrap();
+        let t = spec();
+        let mut u = spec();
+        u.name = TableName::new("public", "u");
+        r.begin_initial_sync(Lsn(9), vec![Arc::new(t.clone()), Arc::new(u.clone())])
+            .await
+            .unwrap();
+        let n = (index_build::MERGE_CHUNK * 3 + 123) as i64;
+        // n is a permutation of the ids, unrelated to their order.
+        let n_of = |id: i64| (id * 7919) % n;
+        for ids in (0..n).collect::<Vec<_>>().chunks(5_000) {
+            let rows = ids.iter().map(|&id| row(id, "t", n_of(id))).collect();
+            r.copy_rows(&t.name, batch(rows)).await.unwrap();
+        }
+        let copy_u = async {
+            for ids in (0..20_000i64).collect::<Vec<_>>().chunks(1_000) {
+                let rows = ids.iter().map(|&id| row(id, "u", id)).collect();
+                r.copy_rows(&u.name, batch(rows)).await.unwrap();
+            }
+            r.copied_table(&u.name).await.unwrap();
+        };
+        let (indexed, ()) = tokio::join!(r.copied_table(&t.name), copy_u);
+        indexed.unwrap();
+        r.finish_initial_sync(synced_state()).await.unwrap();
+        let mut expected: Vec<i64> = (0..n).collect();
+        expected.sort_by_key(|&id| std::cmp::Reverse(n_of(id)));
+        assert_eq!(index_order(&r), expected);
+        assert_eq!(r.snapshot().unwrap().row_count(&u.name).unwrap(), 20_000);
+        let runs = std::fs::read_dir(dir.path().join("r.redb.index-build"))
+            .map(|d| d.count())
+            .unwrap_or(0);
+        assert_eq!(runs, 0, "no run file is left");
     }
 
     /// A replica in a temporary directory with an initial sync of [`spec`] begun (version 9).
