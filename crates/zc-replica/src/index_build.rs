@@ -105,6 +105,8 @@ pub(crate) struct IndexBuilds {
     builds: BTreeMap<String, Build>,
     pending_bytes: usize,
     next_run: u64,
+    /// The sequence number of the next batch of rows added (see [`row_entry`]).
+    next_row_batch: u64,
     /// Counts the copies: [`clear`](Self::clear) begins a new one.
     epoch: u64,
 }
@@ -119,6 +121,8 @@ struct Build {
     runs: Vec<PathBuf>,
     /// Entries of replaced rows: how often each was removed.
     removed: HashMap<Vec<u8>, u64>,
+    /// Whether its entries are rows (see [`row_entry`]) rather than index entries.
+    rows: bool,
 }
 
 impl Build {
@@ -144,6 +148,7 @@ impl IndexBuilds {
             builds: BTreeMap::new(),
             pending_bytes: 0,
             next_run: 0,
+            next_row_batch: 0,
             epoch: 0,
         }
     }
@@ -172,6 +177,21 @@ impl IndexBuilds {
             self.spill_largest()?;
         }
         Ok(())
+    }
+
+    /// Adds rows of the rows table `table` that the copy could not append: `entries` appends
+    /// their entries (see [`row_entry`]), given the batch's sequence number.
+    pub(crate) fn add_rows(
+        &mut self,
+        table: String,
+        entries: impl FnOnce(u64, &mut KeyList) -> Result<()>,
+    ) -> Result<()> {
+        let seq = self.next_row_batch;
+        self.next_row_batch += 1;
+        let mut rows = KeyList::default();
+        entries(seq, &mut rows)?;
+        self.builds.entry(table.clone()).or_default().rows = true;
+        self.add(table, rows)
     }
 
     /// Records that an entry of `table` added earlier belongs to a row that was replaced.
@@ -215,6 +235,10 @@ impl IndexBuilds {
     /// Writes every collected index, one write transaction each (non-durable: the caller's
     /// durable commit follows), and forgets them.
     pub(crate) fn write_all(&mut self, db: &redb::Database) -> Result<usize> {
+        // Rows are written by the copy's end of their table, before its indexes.
+        if self.builds.values().any(|b| b.rows) {
+            return Err(Error::State("rows of a copied table left unwritten"));
+        }
         let tables: Vec<String> = self.builds.keys().cloned().collect();
         let written = self.write_tables(db, &tables)?;
         self.clear();
@@ -291,6 +315,29 @@ pub(crate) fn write_taken(db: &redb::Database, taken: TakenBuilds) -> Result<usi
 /// Entries a merge yields at a time: the copy writes them between its row batches.
 pub(crate) const MERGE_CHUNK: usize = 32 * 1024;
 
+/// Appends a row's build entry: its key, the sequence number of its batch (big endian), its
+/// stored value, and the key's length (`u32`, little endian) last. Keys are prefix-free (see
+/// [`crate::key`]), so entries sort by key first, and a key delivered twice by arrival.
+pub(crate) fn row_entry(out: &mut Vec<u8>, key: &[u8], seq: u64, value: &[u8]) {
+    // redb keys are far shorter than 4 GiB; a longer one would fail its split, not pass.
+    let len = u32::try_from(key.len()).unwrap_or(u32::MAX);
+    out.extend_from_slice(key);
+    out.extend_from_slice(&seq.to_be_bytes());
+    out.extend_from_slice(value);
+    out.extend_from_slice(&len.to_le_bytes());
+}
+
+/// A row build entry's (key, stored value).
+pub(crate) fn split_row_entry(entry: &[u8]) -> Result<(&[u8], &[u8])> {
+    let bad = || Error::State("row build entry");
+    let at = entry.len().checked_sub(4).ok_or_else(bad)?;
+    let (row, len) = entry.split_at_checked(at).ok_or_else(bad)?;
+    let len = u32::from_le_bytes(len.try_into().map_err(|_| bad())?) as usize;
+    let (key, rest) = row.split_at_checked(len).ok_or_else(bad)?;
+    let value = rest.get(8..).ok_or_else(bad)?;
+    Ok((key, value))
+}
+
 /// Inserts a chunk of a [`Merge`] (sorted, each key once) into the index table `table`.
 ///
 /// The keys go through a cursor at the gap where the chunk's first key belongs: into a table
@@ -359,6 +406,7 @@ impl Merge {
             mut spans,
             runs: paths,
             removed,
+            rows: _,
         } = build;
         // Each batch's entries come sorted: the stable sort merges those runs.
         spans.sort_by(|&a, &b| span(&bytes, a).cmp(span(&bytes, b)));

@@ -227,6 +227,16 @@ struct OpenCopy {
 /// (benches/side-by-side) 1M rows (~150 MiB) per transaction took 16.5 s, 100k rows 12.2 s.
 const COPY_COMMIT_BYTES: usize = 16 << 20;
 
+/// Entries already in the table a copied batch's cursor steps over before the rest of the
+/// batch goes to the table's row build (see `put_encoded_in`): enough for the rows of
+/// neighbouring heap pages, few enough that keys in no order (random ids) go to the build.
+const COPY_BATCH_STEPS: usize = 64;
+
+/// A cursor run of a copied table's row build shorter than this is followed by
+/// `ROW_CHUNK_INSERTS` ordinary inserts (see `put_row_chunk`).
+const ROW_CHUNK_RUN: usize = 16;
+const ROW_CHUNK_INSERTS: usize = 256;
+
 impl Inner {
     /// Commits the copy's open write transaction, if any (non-durably, as every batch of a
     /// copy). Every write runs this first: redb has one write transaction at a time.
@@ -292,6 +302,7 @@ impl Inner {
     /// batch of the copy was written: it fails if one of them failed.
     fn write_indexes(&self) -> Result<()> {
         self.copy_failure()?;
+        self.write_row_builds()?;
         let mut builds = self
             .builds
             .lock()
@@ -306,6 +317,40 @@ impl Inner {
             ms = started.elapsed().as_millis() as u64,
             "wrote the copy's secondary indexes"
         );
+        Ok(())
+    }
+
+    /// Writes the row builds of copied tables whose end the copy did not announce (see
+    /// `copied_table`), in one write transaction (non-durable, like the copy's): before their
+    /// indexes, from which the rows they replace remove their entries.
+    fn write_row_builds(&self) -> Result<()> {
+        let mut w = self.db.begin_write()?;
+        w.set_durability(Durability::None)?;
+        let mut targets: Vec<(Area, TableSpec)> = catalog_specs(&w)?
+            .into_iter()
+            .map(|spec| (Area::Live, spec))
+            .collect();
+        targets.extend(staged_spec(&w)?.map(|spec| (Area::Staging, spec)));
+        let mut written = 0;
+        for (area, spec) in &targets {
+            let rows = area.rows(&storage_key(&spec.name));
+            let taken = self
+                .builds
+                .lock()
+                .map_err(|_| Error::State("index build"))?
+                .take_tables(&[rows]);
+            for mut merge in taken.into_merges()? {
+                while let Some(chunk) = merge.next_chunk(index_build::MERGE_CHUNK)? {
+                    written += chunk.len();
+                    put_row_chunk(&w, *area, spec, &chunk, &self.builds)?;
+                }
+            }
+        }
+        if written > 0 {
+            w.commit()?;
+        } else {
+            w.abort()?;
+        }
         Ok(())
     }
 
@@ -340,6 +385,14 @@ impl Inner {
         let bytes = batch.bytes.len();
         self.copy_write(area, spec, bytes, |open| {
             put_encoded_in(&open.txn, area, spec, open.version, batch, &self.builds)
+        })
+    }
+
+    /// Writes a chunk of a copied table's row build (see [`index_build::Merge`]) into the
+    /// copy's open write transaction, like [`copy_batch`](Self::copy_batch).
+    fn copy_row_chunk(&self, area: Area, spec: &TableSpec, chunk: &KeyList) -> Result<()> {
+        self.copy_write(area, spec, chunk.byte_len(), |open| {
+            put_row_chunk(&open.txn, area, spec, chunk, &self.builds)
         })
     }
 
@@ -436,6 +489,65 @@ fn copy_version(w: &WriteTransaction, area: Area, spec: &TableSpec) -> Result<u6
             Ok(u64::from_be_bytes(raw))
         }
         _ => Err(Error::State(META_RESYNC)),
+    }
+}
+
+/// What a build of the copy holds (see [`Replica::write_merges`]).
+#[derive(Clone, Copy)]
+enum Built {
+    Rows,
+    Index,
+}
+
+impl Replica {
+    /// Writes taken builds of a copied table (its row build or its index builds): merged chunk by chunk here, each chunk written behind, under the writer
+    /// lock, into the copy's open write transaction. Returns the entries written once every
+    /// chunk is.
+    async fn write_merges(
+        &self,
+        area: Area,
+        spec: &Arc<TableSpec>,
+        taken: index_build::TakenBuilds,
+        kind: Built,
+    ) -> Result<usize> {
+        let merges = tokio::task::spawn_blocking(move || taken.into_merges())
+            .await
+            .map_err(Error::Writer)??;
+        let mut entries = 0;
+        for mut merge in merges {
+            loop {
+                let (back, chunk) = tokio::task::spawn_blocking(move || {
+                    let chunk = merge.next_chunk(index_build::MERGE_CHUNK);
+                    (merge, chunk)
+                })
+                .await
+                .map_err(Error::Writer)?;
+                merge = back;
+                let Some(chunk) = chunk? else { break };
+                self.inner.copy_failure()?;
+                entries += chunk.len();
+                let guard = Arc::clone(&self.inner.write_lock).lock_owned().await;
+                let inner = Arc::clone(&self.inner);
+                let spec = Arc::clone(spec);
+                let table = merge.table().to_owned();
+                drop(tokio::task::spawn_blocking(move || {
+                    let written =
+                        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| match kind {
+                            Built::Index => inner.copy_index_chunk(area, &spec, &table, &chunk),
+                            Built::Rows => inner.copy_row_chunk(area, &spec, &chunk),
+                        }))
+                        .unwrap_or(Err(Error::CopyWriterPanicked));
+                    if let Err(e) = written {
+                        inner.record_copy_failure(e);
+                    }
+                    drop(guard);
+                }));
+            }
+        }
+        // The last chunk written and committed (readers see the table's builds), and none
+        // failed.
+        self.write_inner(|inner| inner.copy_failure()).await?;
+        Ok(entries)
     }
 }
 
@@ -843,8 +955,6 @@ fn put_encoded_in(
     builds: &std::sync::Mutex<IndexBuilds>,
 ) -> Result<()> {
     let name = storage_key(&spec.name);
-    // Index entries of replaced rows (none in a fresh copy).
-    let mut removed: Vec<Vec<Vec<u8>>> = vec![Vec::new(); stored_indexes(spec).count()];
     {
         let mut table = w.open_table(TableDefinition::<&[u8], &[u8]>::new(&area.rows(&name)))?;
         for &(at, key, _) in &batch.rows {
@@ -856,8 +966,11 @@ fn put_encoded_in(
         // is sorted): insert them through a cursor at the gap where the batch's first key
         // belongs (the table's end, or, for a table copied in parts, the end of this part's
         // range so far), which packs full leaves instead of descending the tree and
-        // splitting a leaf per row. The first row that does not fit the gap (out of order, or
-        // delivered again) ends the run; it and the rest of the batch take the ordinary path.
+        // splitting a leaf per row. A row that belongs after the entry past the gap steps the
+        // cursor over that entry: heap order is key order only roughly (PostgreSQL puts rows
+        // where there is room), so a batch's rows interleave with a few of the batch before.
+        // The first row that still does not fit (out of order beyond the steps, or delivered
+        // again) ends the run.
         let mut rows = batch.rows().peekable();
         let mut unordered = None;
         let gap = match rows.peek() {
@@ -865,36 +978,109 @@ fn put_encoded_in(
             None => Bound::Unbounded,
         };
         let mut cursor = table.upper_bound_mut(gap)?;
-        for (pk, value) in rows.by_ref() {
-            match cursor.insert_before(pk, value) {
-                Ok(()) => {}
-                Err(redb::CursorError::UnorderedKey) => {
-                    unordered = Some((pk, value));
-                    break;
+        let mut steps = COPY_BATCH_STEPS;
+        'rows: for (pk, value) in rows.by_ref() {
+            loop {
+                match cursor.insert_before(pk, value) {
+                    Ok(()) => break,
+                    Err(redb::CursorError::UnorderedKey) => {
+                        let past = steps > 0
+                            && matches!(cursor.peek_next()?, Some((next, _)) if next.value() < pk);
+                        if !past {
+                            unordered = Some((pk, value));
+                            break 'rows;
+                        }
+                        steps -= 1;
+                        cursor.next()?;
+                    }
+                    Err(e) => return Err(e.into()),
                 }
-                Err(e) => return Err(e.into()),
             }
         }
         cursor.close()?;
-        for (pk, value) in unordered.into_iter().chain(rows) {
-            let previous = table.insert(pk, value)?.map(|p| p.value().to_vec());
-            if let Some(prev) = previous {
-                let (old, _) = decode_stored_row(&spec.name, &prev)?;
-                for (keys, index) in removed.iter_mut().zip(stored_indexes(spec)) {
-                    keys.push(index_key(index, &old, pk));
+        // The rest go to the table's row build, sorted with the others that did not fit and
+        // written when the table is copied (see `copied_table`): inserted one by one here, in
+        // a tree larger than the page cache, rows with keys in no particular order (random
+        // ids) cost a page read and a leaf split each.
+        if let Some(first) = unordered {
+            builds
+                .lock()
+                .map_err(|_| Error::State("index build"))?
+                .add_rows(area.rows(&name), |seq, rest| {
+                    for (pk, value) in std::iter::once(first).chain(rows) {
+                        rest.push_with(|out| index_build::row_entry(out, pk, seq, value))?;
+                    }
+                    Ok(())
+                })?;
+        }
+    }
+    Ok(())
+}
+
+/// Inserts a chunk of a copied table's row build (see [`index_build::row_entry`]), in key
+/// order. A row it replaces loses its index entries from the builds (the table's indexes are
+/// written after its rows).
+fn put_row_chunk(
+    w: &WriteTransaction,
+    area: Area,
+    spec: &TableSpec,
+    chunk: &KeyList,
+    builds: &std::sync::Mutex<IndexBuilds>,
+) -> Result<()> {
+    let name = storage_key(&spec.name);
+    let mut replaced: Vec<(Vec<u8>, Vec<u8>)> = Vec::new();
+    {
+        let mut table = w.open_table(TableDefinition::<&[u8], &[u8]>::new(&area.rows(&name)))?;
+        let entries = chunk
+            .iter()
+            .map(index_build::split_row_entry)
+            .collect::<Result<Vec<_>>>()?;
+        // Through a cursor where the chunk's rows make runs between the rows already there
+        // (keys in no order: few rows were written before them), by ordinary inserts where
+        // they interleave with them (rows slightly out of order: a cursor would be closed,
+        // which splices its run into the tree, and opened again for every row). Each cursor
+        // run that ends short is followed by `ROW_CHUNK_INSERTS` ordinary inserts before the
+        // next cursor is tried.
+        let mut insert = |table: &mut redb::Table<&[u8], &[u8]>, (pk, value): (&[u8], &[u8])| {
+            if let Some(prev) = table.insert(pk, value)? {
+                replaced.push((pk.to_vec(), prev.value().to_vec()));
+            }
+            Ok::<_, Error>(())
+        };
+        let mut i = 0;
+        while let Some(&(first, _)) = entries.get(i) {
+            let start = i;
+            let mut cursor = table.upper_bound_mut(Bound::Excluded(first))?;
+            for &(pk, value) in &entries[start..] {
+                match cursor.insert_before(pk, value) {
+                    Ok(()) => i += 1,
+                    Err(redb::CursorError::UnorderedKey) => break,
+                    Err(e) => return Err(e.into()),
                 }
+            }
+            cursor.close()?;
+            if i - start < ROW_CHUNK_RUN {
+                // The first row may be in the table already (delivered again): the ordinary
+                // insert replaces it.
+                let end = entries.len().min(i + ROW_CHUNK_INSERTS).max(i + 1);
+                for &entry in entries.get(i..end).unwrap_or_default() {
+                    insert(&mut table, entry)?;
+                }
+                i = end;
             }
         }
     }
-    // Locked only for replaced rows: the copy workers hold the builds while they add to
-    // them (and spill sorted runs), and the writer need not wait for that.
-    if removed.iter().any(|gone| !gone.is_empty()) {
+    let mut removed: Vec<(String, Vec<u8>)> = Vec::new();
+    for (pk, prev) in replaced {
+        let (old, _) = decode_stored_row(&spec.name, &prev)?;
+        for index in stored_indexes(spec) {
+            removed.push((area.index(&name, &index.name), index_key(index, &old, &pk)));
+        }
+    }
+    if !removed.is_empty() {
         let mut builds = builds.lock().map_err(|_| Error::State("index build"))?;
-        for (index, gone) in stored_indexes(spec).zip(removed) {
-            let table = area.index(&name, &index.name);
-            for key in gone {
-                builds.remove(table.clone(), key);
-            }
+        for (table, key) in removed {
+            builds.remove(table, key);
         }
     }
     Ok(())
@@ -1291,67 +1477,59 @@ impl Destination for Replica {
     }
 
     async fn copied_table(&self, table: &TableName) -> Result<()> {
-        // The table's index entries are complete: write them now, while other tables may
-        // still be copying. Each index is merged here, beside the writer, and its chunks are
-        // written behind like the copy's batches, between the batches of the other tables
-        // (before, the whole merge held the writer and every copy worker waited for it).
+        // The table's rows and index entries are complete: write what was collected for it
+        // now, while other tables may still be copying. Each build is merged here, beside the
+        // writer, and its chunks are written behind like the copy's batches, between the
+        // batches of the other tables (before, the whole merge held the writer and every copy
+        // worker waited for it).
         self.inner.copy_failure()?;
         let started = std::time::Instant::now();
-        let inner = Arc::clone(&self.inner);
         let name = table.clone();
-        let (area, spec, merges) = tokio::task::spawn_blocking(move || {
+        // Under the writer lock: the table's batches written behind are written, and their
+        // rows that did not fit their gap are in its row build.
+        let guard = Arc::clone(&self.inner.write_lock).lock_owned().await;
+        let inner = Arc::clone(&self.inner);
+        let (area, spec, rows) = tokio::task::spawn_blocking(move || {
+            inner.copy_failure()?;
             let (area, spec) = copy_target(&inner.db, &name)?;
-            let key = storage_key(&spec.name);
-            let indexes: Vec<String> = stored_indexes(&spec)
-                .map(|index| area.index(&key, &index.name))
-                .collect();
-            // Taken out of the builds first: the copy workers go on adding to the others.
+            let rows = area.rows(&storage_key(&spec.name));
             let taken = inner
                 .builds
                 .lock()
                 .map_err(|_| Error::State("index build"))?
-                .take_tables(&indexes);
-            Ok::<_, Error>((area, spec, taken.into_merges()?))
+                .take_tables(&[rows]);
+            drop(guard);
+            Ok::<_, Error>((area, spec, taken))
         })
         .await
         .map_err(Error::Writer)??;
-        let mut entries = 0;
-        for mut merge in merges {
-            loop {
-                let (back, chunk) = tokio::task::spawn_blocking(move || {
-                    let chunk = merge.next_chunk(index_build::MERGE_CHUNK);
-                    (merge, chunk)
-                })
-                .await
-                .map_err(Error::Writer)?;
-                merge = back;
-                let Some(chunk) = chunk? else { break };
-                self.inner.copy_failure()?;
-                entries += chunk.len();
-                let guard = Arc::clone(&self.inner.write_lock).lock_owned().await;
-                let inner = Arc::clone(&self.inner);
-                let spec = Arc::clone(&spec);
-                let index = merge.table().to_owned();
-                drop(tokio::task::spawn_blocking(move || {
-                    let written = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                        inner.copy_index_chunk(area, &spec, &index, &chunk)
-                    }))
-                    .unwrap_or(Err(Error::CopyWriterPanicked));
-                    if let Err(e) = written {
-                        inner.record_copy_failure(e);
-                    }
-                    drop(guard);
-                }));
-            }
-        }
-        // The last chunk written, and none failed.
-        self.write_inner(|inner| inner.copy_failure()).await?;
-        if entries > 0 {
+        let unordered = self.write_merges(area, &spec, rows, Built::Rows).await?;
+        // The rows replaced meanwhile removed their index entries: the indexes come after.
+        let inner = Arc::clone(&self.inner);
+        let key = storage_key(&spec.name);
+        let indexes: Vec<String> = stored_indexes(&spec)
+            .map(|index| area.index(&key, &index.name))
+            .collect();
+        let taken = tokio::task::spawn_blocking(move || {
+            // Taken out of the builds: the copy workers go on adding to the others.
+            Ok::<_, Error>(
+                inner
+                    .builds
+                    .lock()
+                    .map_err(|_| Error::State("index build"))?
+                    .take_tables(&indexes),
+            )
+        })
+        .await
+        .map_err(Error::Writer)??;
+        let entries = self.write_merges(area, &spec, taken, Built::Index).await?;
+        if entries + unordered > 0 {
             tracing::debug!(
                 table = %table,
                 entries,
+                unordered,
                 ms = started.elapsed().as_millis() as u64,
-                "wrote a copied table's secondary indexes"
+                "wrote a copied table's secondary indexes and out-of-order rows"
             );
         }
         Ok(())
@@ -1984,6 +2162,72 @@ mod tests {
             .map(|d| d.count())
             .unwrap_or(0);
         assert_eq!(runs, 0, "no run file is left");
+    }
+
+    /// Rows copied out of key order (slightly, as heap pages hold them, and not at all, as
+    /// random ids are) are all stored, each once, with one index entry each; a row delivered
+    /// again in a later batch replaces the earlier one, its index entry too.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn rows_copied_out_of_key_order_are_stored_once_with_their_index_entries() {
+        use rand::SeedableRng;
+        use rand::seq::SliceRandom;
+        let (_dir, r, t) = syncing_replica().await;
+        let mut rng = rand::rngs::StdRng::seed_from_u64(11);
+        let n = (index_build::MERGE_CHUNK * 2) as i64;
+        // The first half nearly in order: windows of 40 ids shuffled, across batch ends.
+        let mut ids: Vec<i64> = (0..n / 2).collect();
+        for window in ids.chunks_mut(40) {
+            window.shuffle(&mut rng);
+        }
+        // The second half in no order at all.
+        let mut random: Vec<i64> = (n / 2..n).collect();
+        random.shuffle(&mut rng);
+        ids.extend(random);
+        let n_of = |id: i64| (id * 7919) % n;
+        let mut batches: Vec<Vec<Row>> = ids
+            .chunks(1_000)
+            .map(|c| c.iter().map(|&id| row(id, "v", n_of(id))).collect())
+            .collect();
+        // Delivered again, later: ids from both halves, with other values.
+        let again = [3, n / 4, n / 2 + 5, n - 1];
+        batches.push(again.iter().map(|&id| row(id, "again", n + id)).collect());
+        for rows in batches {
+            r.copy_rows(&t, batch(rows)).await.unwrap();
+        }
+        r.copied_table(&t).await.unwrap();
+        r.finish_initial_sync(synced_state()).await.unwrap();
+        let expected: Vec<Row> = (0..n)
+            .map(|id| {
+                if again.contains(&id) {
+                    row(id, "again", n + id)
+                } else {
+                    row(id, "v", n_of(id))
+                }
+            })
+            .collect();
+        let stored: Vec<Row> = r
+            .snapshot()
+            .unwrap()
+            .scan(&t)
+            .unwrap()
+            .map(|x| x.unwrap().0)
+            .collect();
+        assert_eq!(stored.len(), expected.len());
+        assert!(stored == expected, "rows differ");
+        let mut by_n: Vec<(i64, i64)> = expected
+            .iter()
+            .map(|row| match (&row[0], &row[2]) {
+                (Value::Int(id), Value::Int(n)) => (*n, *id),
+                _ => (-1, -1),
+            })
+            .collect();
+        by_n.sort_by(|a, b| b.cmp(a));
+        let index: Vec<i64> = index_order(&r);
+        assert_eq!(index.len(), by_n.len(), "one index entry per row");
+        assert!(
+            index == by_n.iter().map(|&(_, id)| id).collect::<Vec<_>>(),
+            "index order"
+        );
     }
 
     /// A replica in a temporary directory with an initial sync of [`spec`] begun (version 9).
