@@ -313,7 +313,7 @@ pub(crate) fn write_taken(db: &redb::Database, taken: TakenBuilds) -> Result<usi
 }
 
 /// Entries a merge yields at a time: the copy writes them between its row batches.
-pub(crate) const MERGE_CHUNK: usize = 32 * 1024;
+pub(crate) const MERGE_CHUNK: usize = 64 * 1024;
 
 /// Appends a row's build entry: its key, the sequence number of its batch (big endian), its
 /// stored value, and the key's length (`u32`, little endian) last. Keys are prefix-free (see
@@ -442,49 +442,59 @@ impl Merge {
         &self.table
     }
 
-    /// The next smallest key of the runs and the pending entries, with duplicates.
-    fn take(&mut self) -> Result<Option<Vec<u8>>> {
+    /// Puts the next smallest key of the runs and the pending entries (with duplicates) in
+    /// `out`; false at the end. A run's key is swapped in, and `out`'s buffer goes back to
+    /// that run for its next entry: the merge allocates nothing per key.
+    fn take(&mut self, out: &mut Vec<u8>) -> Result<bool> {
         let pending = self
             .spans
             .get(self.next_pending)
             .map(|&s| span(&self.bytes, s));
         let from_pending = match (self.heap.peek(), pending) {
-            (None, None) => return Ok(None),
+            (None, None) => return Ok(false),
             (Some(Reverse((k, _))), Some(p)) => p < k.as_slice(),
             (None, Some(_)) => true,
             (Some(_), None) => false,
         };
         if from_pending {
             self.next_pending += 1;
-            return Ok(pending.map(<[u8]>::to_vec));
+            out.clear();
+            out.extend_from_slice(pending.unwrap_or_default());
+            return Ok(true);
         }
-        let Some(Reverse((key, i))) = self.heap.pop() else {
-            return Ok(None);
+        let Some(Reverse((mut key, i))) = self.heap.pop() else {
+            return Ok(false);
         };
-        if let Some(next) = self.runs.get_mut(i).map(Run::next).transpose()?.flatten() {
-            self.heap.push(Reverse((next, i)));
+        std::mem::swap(out, &mut key);
+        if let Some(run) = self.runs.get_mut(i)
+            && run.next_into(&mut key)?
+        {
+            self.heap.push(Reverse((key, i)));
         }
-        Ok(Some(key))
+        Ok(true)
     }
 
     /// Up to `max` more keys, in order; `None` once every key was yielded.
     pub(crate) fn next_chunk(&mut self, max: usize) -> Result<Option<KeyList>> {
         let mut chunk = KeyList::with_capacity(max.min(4096), max.min(4096) * 32);
+        let mut key = Vec::new();
         while chunk.len() < max {
-            let Some(key) = self.take()? else {
+            if !self.take(&mut key)? {
                 // The end: the last key is complete.
                 if let Some((prev, count)) = self.last.take() {
                     self.put_counted(&mut chunk, &prev, count)?;
                 }
                 break;
-            };
+            }
             match &mut self.last {
                 Some((prev, count)) if *prev == key => *count += 1,
-                _ => {
-                    if let Some((prev, count)) = self.last.replace((key, 1)) {
-                        self.put_counted(&mut chunk, &prev, count)?;
-                    }
+                Some((prev, count)) => {
+                    let added = std::mem::replace(count, 1);
+                    std::mem::swap(prev, &mut key);
+                    // `key` holds the previous key now.
+                    self.put_counted(&mut chunk, &key, added)?;
                 }
+                None => self.last = Some((std::mem::take(&mut key), 1)),
             }
         }
         Ok((!chunk.is_empty()).then_some(chunk))
@@ -492,7 +502,12 @@ impl Merge {
 
     /// Adds `key` to `chunk` if it was added (`added` times) more often than removed.
     fn put_counted(&self, chunk: &mut KeyList, key: &[u8], added: u64) -> Result<()> {
-        if added > self.removed.get(key).copied().unwrap_or(0) {
+        let removed = if self.removed.is_empty() {
+            0
+        } else {
+            self.removed.get(key).copied().unwrap_or(0)
+        };
+        if added > removed {
             chunk.push_with(|out| out.extend_from_slice(key))?;
         }
         Ok(())
@@ -516,20 +531,27 @@ struct Run {
 impl Run {
     /// The run's next entry, or `None` at its end.
     fn next(&mut self) -> Result<Option<Vec<u8>>> {
+        let mut key = Vec::new();
+        Ok(self.next_into(&mut key)?.then_some(key))
+    }
+
+    /// Reads the run's next entry into `key` (replacing what it held); false at its end.
+    fn next_into(&mut self, key: &mut Vec<u8>) -> Result<bool> {
         let Some(reader) = self.reader.as_mut() else {
-            return Ok(None);
+            return Ok(false);
         };
         let mut len = [0u8; 4];
         match reader.read_exact(&mut len) {
             Ok(()) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(None),
+            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(false),
             Err(e) => return Err(io_error(&self.path, e)),
         }
-        let mut key = vec![0; u32::from_le_bytes(len) as usize];
+        key.clear();
+        key.resize(u32::from_le_bytes(len) as usize, 0);
         reader
-            .read_exact(&mut key)
+            .read_exact(key)
             .map_err(|e| io_error(&self.path, e))?;
-        Ok(Some(key))
+        Ok(true)
     }
 }
 
