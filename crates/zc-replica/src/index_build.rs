@@ -16,6 +16,10 @@
 //!
 //! Replaced rows (a batch re-delivering a key, which a copy from one snapshot never does) are
 //! handled by counting: an entry is written if it was added more often than removed.
+//!
+//! Rows the copy cannot append to their table (keys out of order: random ids, or heap pages
+//! that do not follow the key) are collected the same way, as a table's row build of
+//! [`row_entry`]s, and written, in key order, before the table's indexes.
 
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BinaryHeap, HashMap};

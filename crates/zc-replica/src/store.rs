@@ -500,9 +500,10 @@ enum Built {
 }
 
 impl Replica {
-    /// Writes taken builds of a copied table (its row build or its index builds): merged chunk by chunk here, each chunk written behind, under the writer
+    /// Writes taken builds of a copied table (its row build or its index builds): merged
+    /// chunk by chunk here, beside the writer, each chunk written behind, under the writer
     /// lock, into the copy's open write transaction. Returns the entries written once every
-    /// chunk is.
+    /// chunk is written and committed.
     async fn write_merges(
         &self,
         area: Area,
@@ -1059,7 +1060,7 @@ fn put_row_chunk(
                 }
             }
             cursor.close()?;
-            if i - start < ROW_CHUNK_RUN {
+            if i < entries.len() && i - start < ROW_CHUNK_RUN {
                 // The first row may be in the table already (delivered again): the ordinary
                 // insert replaces it.
                 let end = entries.len().min(i + ROW_CHUNK_INSERTS).max(i + 1);
