@@ -334,11 +334,7 @@ impl Inner {
         let mut written = 0;
         for (area, spec) in &targets {
             let rows = area.rows(&storage_key(&spec.name));
-            let taken = self
-                .builds
-                .lock()
-                .map_err(|_| Error::State("index build"))?
-                .take_tables(&[rows]);
+            let taken = self.take_builds(&[rows])?;
             for mut merge in taken.into_merges()? {
                 while let Some(chunk) = merge.next_chunk(index_build::MERGE_CHUNK)? {
                     written += chunk.len();
@@ -352,6 +348,15 @@ impl Inner {
             w.abort()?;
         }
         Ok(())
+    }
+
+    /// Takes the builds of the tables `tables` (those it has) out of the copy's builds.
+    fn take_builds(&self, tables: &[String]) -> Result<index_build::TakenBuilds> {
+        Ok(self
+            .builds
+            .lock()
+            .map_err(|_| Error::State("index build"))?
+            .take_tables(tables))
     }
 
     /// The error of a copy batch written behind, if one failed (taken: reported once).
@@ -503,7 +508,7 @@ impl Replica {
     /// Writes taken builds of a copied table (its row build or its index builds): merged
     /// chunk by chunk here, beside the writer, each chunk written behind, under the writer
     /// lock, into the copy's open write transaction. Returns the entries written once every
-    /// chunk is written and committed.
+    /// chunk is written and committed (at once if there were none).
     async fn write_merges(
         &self,
         area: Area,
@@ -545,9 +550,10 @@ impl Replica {
                 }));
             }
         }
-        // The last chunk written and committed (readers see the table's builds), and none
-        // failed.
-        self.write_inner(|inner| inner.copy_failure()).await?;
+        // The last chunk written and committed, and none failed.
+        if entries > 0 {
+            self.write_inner(|inner| inner.copy_failure()).await?;
+        }
         Ok(entries)
     }
 }
@@ -1494,11 +1500,7 @@ impl Destination for Replica {
             inner.copy_failure()?;
             let (area, spec) = copy_target(&inner.db, &name)?;
             let rows = area.rows(&storage_key(&spec.name));
-            let taken = inner
-                .builds
-                .lock()
-                .map_err(|_| Error::State("index build"))?
-                .take_tables(&[rows]);
+            let taken = inner.take_builds(&[rows])?;
             drop(guard);
             Ok::<_, Error>((area, spec, taken))
         })
@@ -1511,19 +1513,13 @@ impl Destination for Replica {
         let indexes: Vec<String> = stored_indexes(&spec)
             .map(|index| area.index(&key, &index.name))
             .collect();
-        let taken = tokio::task::spawn_blocking(move || {
-            // Taken out of the builds: the copy workers go on adding to the others.
-            Ok::<_, Error>(
-                inner
-                    .builds
-                    .lock()
-                    .map_err(|_| Error::State("index build"))?
-                    .take_tables(&indexes),
-            )
-        })
-        .await
-        .map_err(Error::Writer)??;
+        // Taken out of the builds: the copy workers go on adding to the others.
+        let taken = tokio::task::spawn_blocking(move || inner.take_builds(&indexes))
+            .await
+            .map_err(Error::Writer)??;
         let entries = self.write_merges(area, &spec, taken, Built::Index).await?;
+        // Everything written for the table committed (readers see it), and nothing failed.
+        self.write_inner(|inner| inner.copy_failure()).await?;
         if entries + unordered > 0 {
             tracing::debug!(
                 table = %table,
