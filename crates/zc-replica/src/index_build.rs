@@ -86,11 +86,10 @@ impl KeyList {
         self.spans.iter().map(|&s| span(&self.bytes, s))
     }
 
-    /// Sorts the entries (the builds merge sorted batches cheaply).
+    /// Sorts the entries.
+    #[cfg(test)]
     pub(crate) fn sort(&mut self) {
-        let bytes = &self.bytes;
-        self.spans
-            .sort_unstable_by(|&a, &b| span(bytes, a).cmp(span(bytes, b)));
+        sort_spans(&self.bytes, &mut self.spans);
     }
 }
 
@@ -98,6 +97,94 @@ fn span(bytes: &[u8], (at, len): (u32, u32)) -> &[u8] {
     bytes
         .get(at as usize..at as usize + len as usize)
         .unwrap_or_default()
+}
+
+/// Sorts `spans` by the bytes they span in `bytes` (unstable: equal entries may trade places).
+///
+/// Index entries share long prefixes (a text column's tag and the first characters of its
+/// ids, and a hundred entries of one creator share the creator), so comparing them whole
+/// calls `memcmp` on bytes scattered over the buffer for every comparison. Instead the entries
+/// are sorted by 8 bytes at a time, read as a number (zero-padded) and kept beside the span:
+/// first the 8 after the prefix they all share, then, within each group whose 8 bytes were
+/// equal, the next 8, and so on (a most-significant-digit radix sort whose digits are sorted
+/// by comparison).
+fn sort_spans(bytes: &[u8], spans: &mut [(u32, u32)]) {
+    let Some((&first, rest)) = spans.split_first() else {
+        return;
+    };
+    let first = span(bytes, first);
+    let mut shared = first.len();
+    for &s in rest {
+        let entry = span(bytes, s);
+        shared = first
+            .iter()
+            .take(shared)
+            .zip(entry)
+            .take_while(|(a, b)| a == b)
+            .count();
+        if shared == 0 {
+            break;
+        }
+    }
+    let mut keyed: Vec<(u64, (u32, u32))> = spans.iter().map(|&s| (0, s)).collect();
+    // Groups still to sort: (start, end, offset of their digit). An explicit stack: entries
+    // equal over a long stretch (a value delivered twice) would otherwise recurse deeply.
+    let mut groups = vec![(0, keyed.len(), shared)];
+    while let Some((start, end, depth)) = groups.pop() {
+        let Some(group) = keyed.get_mut(start..end) else {
+            continue;
+        };
+        for (digit, s) in group.iter_mut() {
+            *digit = digit_at(span(bytes, *s), depth);
+        }
+        group.sort_unstable_by_key(|&(digit, _)| digit);
+        let mut i = 0;
+        while i < group.len() {
+            let digit = group[i].0;
+            let mut j = i + 1;
+            while j < group.len() && group[j].0 == digit {
+                j += 1;
+            }
+            if j - i > 1 {
+                // Equal digits: an entry that ended within them is a prefix of the others
+                // (its padding is zeros) and sorts first, shorter first; the rest go on to
+                // their next 8 bytes.
+                let next = depth + 8;
+                let tie = &mut group[i..j];
+                tie.sort_unstable_by_key(|&(_, (_, len))| {
+                    if (len as usize) <= next {
+                        len
+                    } else {
+                        u32::MAX
+                    }
+                });
+                let ended = tie
+                    .iter()
+                    .take_while(|(_, (_, len))| (*len as usize) <= next);
+                let continuing = start + i + ended.count();
+                if start + j - continuing > 1 {
+                    groups.push((continuing, start + j, next));
+                }
+            }
+            i = j;
+        }
+    }
+    for (out, (_, s)) in spans.iter_mut().zip(keyed) {
+        *out = s;
+    }
+}
+
+/// The 8 bytes of `entry` from `depth` on as a big-endian number, zero-padded past its end.
+fn digit_at(entry: &[u8], depth: usize) -> u64 {
+    let after = entry.get(depth..).unwrap_or_default();
+    match after.first_chunk::<8>() {
+        Some(d) => u64::from_be_bytes(*d),
+        None => {
+            let mut d = [0u8; 8];
+            d[..after.len()].copy_from_slice(after);
+            u64::from_be_bytes(d)
+        }
+    }
 }
 
 /// The index entries of a copy in progress, per index table.
@@ -134,12 +221,9 @@ impl Build {
         self.bytes.len() + self.spans.len() * SPAN_BYTES
     }
 
-    /// The pending entries in key order.
-    fn sorted_pending(&self) -> Vec<&[u8]> {
-        let mut keys: Vec<&[u8]> = self.spans.iter().map(|&s| span(&self.bytes, s)).collect();
-        // Each batch's entries come sorted: the stable sort merges those runs.
-        keys.sort();
-        keys
+    /// Sorts the pending entries into key order.
+    fn sort_pending(&mut self) {
+        sort_spans(&self.bytes, &mut self.spans);
     }
 }
 
@@ -222,7 +306,8 @@ impl IndexBuilds {
         self.next_run += 1;
         let file = File::create(&path).map_err(|e| io_error(&path, e))?;
         let mut out = BufWriter::with_capacity(RUN_READ_BUFFER, file);
-        for key in build.sorted_pending() {
+        build.sort_pending();
+        for key in build.spans.iter().map(|&s| span(&build.bytes, s)) {
             let len = u32::try_from(key.len()).map_err(|_| Error::State("index build"))?;
             out.write_all(&len.to_le_bytes())
                 .and_then(|()| out.write_all(key))
@@ -405,15 +490,15 @@ impl std::fmt::Debug for Merge {
 
 impl Merge {
     fn new(table: String, build: Build) -> Result<Merge> {
+        let mut build = build;
+        build.sort_pending();
         let Build {
             bytes,
-            mut spans,
+            spans,
             runs: paths,
             removed,
             rows: _,
         } = build;
-        // Each batch's entries come sorted: the stable sort merges those runs.
-        spans.sort_by(|&a, &b| span(&bytes, a).cmp(span(&bytes, b)));
         let mut merge = Merge {
             table,
             // Listed before they are opened: the merge's drop removes the files of a failed
@@ -663,6 +748,40 @@ mod tests {
         assert_eq!(stored(&db), expected.into_iter().collect::<Vec<_>>());
         assert!(!build_dir.exists(), "run files are removed");
         assert!(builds.is_empty());
+    }
+
+    /// The sort by the numbers after the shared prefix orders entries as comparing them
+    /// whole does: entries that are prefixes of others, zero bytes where the padding is, a
+    /// long shared prefix, ties that only the last bytes decide.
+    #[test]
+    fn spans_sort_as_their_bytes_do() {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(11);
+        for round in 0..300 {
+            let shared_prefix: Vec<u8> = (0..rng.random_range(0..20)).map(|_| b'p').collect();
+            let alphabet: &[u8] = if round % 2 == 0 {
+                &[0, 1, 255]
+            } else {
+                &[0, 7]
+            };
+            let mut entries: Vec<Vec<u8>> = (0..rng.random_range(0..200))
+                .map(|_| {
+                    let mut e = shared_prefix.clone();
+                    for _ in 0..rng.random_range(0..24) {
+                        e.push(alphabet[rng.random_range(0..alphabet.len())]);
+                    }
+                    e
+                })
+                .collect();
+            let mut list = KeyList::default();
+            for e in &entries {
+                list.push_with(|out| out.extend_from_slice(e))
+                    .expect("push");
+            }
+            list.sort();
+            entries.sort();
+            let sorted: Vec<Vec<u8>> = list.iter().map(<[u8]>::to_vec).collect();
+            assert_eq!(sorted, entries, "round {round}");
+        }
     }
 
     #[test]

@@ -896,7 +896,7 @@ impl EncodedBatch {
 }
 
 /// Encodes `rows` of `spec` for [`put_encoded_in`], with the new entries of each stored index
-/// (sorted). Rows with the same key: the last wins.
+/// (in row order: the index builds sort them). Rows with the same key: the last wins.
 fn encode_batch(spec: &TableSpec, rows: &RowBatch) -> Result<(EncodedBatch, Vec<KeyList>)> {
     check_shape(spec, rows.width())?;
     // The keys first, in a buffer of their own, to sort the rows by.
@@ -944,9 +944,6 @@ fn encode_batch(spec: &TableSpec, rows: &RowBatch) -> Result<(EncodedBatch, Vec<
         // Version 0 until it is written (see `put_encoded_in`).
         write_stored_row(&mut bytes, 0, row.iter());
         out.push((at, pk.len(), bytes.len() - at - pk.len()));
-    }
-    for list in &mut index_keys {
-        list.sort();
     }
     Ok((EncodedBatch { bytes, rows: out }, index_keys))
 }
