@@ -489,8 +489,7 @@ impl std::fmt::Debug for Merge {
 }
 
 impl Merge {
-    fn new(table: String, build: Build) -> Result<Merge> {
-        let mut build = build;
+    fn new(table: String, mut build: Build) -> Result<Merge> {
         build.sort_pending();
         let Build {
             bytes,
