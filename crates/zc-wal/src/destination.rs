@@ -95,7 +95,10 @@ pub trait Destination: Send + Sync + 'static {
         async { Ok(()) }
     }
 
-    /// Completes the initial sync durably with its state.
+    /// Completes the initial sync with its state, possibly not yet durably (as
+    /// [`apply_deferred`](Self::apply_deferred)): zc-wal calls [`flush`](Self::flush) before
+    /// it streams from it. After a crash before that, `sync_state` MUST report `None` (the
+    /// initial sync starts over) or the completed state, never a partial copy.
     fn finish_initial_sync(
         &self,
         state: SyncState,
