@@ -35,7 +35,9 @@
 //!   its indexes.
 //! - A transaction at or below the stored watermark changes nothing (idempotent replay).
 //! - While an initial sync is in progress no sync state is reported, so an interrupted
-//!   initial sync is always started over.
+//!   initial sync is always started over. Its finish commits with `Durability::None` too
+//!   (the stream's first `flush` makes it durable): a crash before that flush rolls the file
+//!   back to the syncing state.
 
 use std::collections::VecDeque;
 use std::ops::Bound;
