@@ -19,14 +19,15 @@ fn init_logging(level: &str) {
         tracing_subscriber::fmt().with_env_filter(filter).init();
         return;
     }
-    let targets = format!("{level},zc=debug")
-        .parse::<tracing_subscriber::filter::Targets>()
+    let level = level
+        .parse::<tracing::level_filters::LevelFilter>()
         .unwrap_or_else(|e| {
             eprintln!("warning: log level {level:?} not understood ({e}); logging at info");
-            tracing_subscriber::filter::Targets::new()
-                .with_default(tracing::Level::INFO)
-                .with_target("zc", tracing::Level::DEBUG)
+            tracing::level_filters::LevelFilter::INFO
         });
+    let targets = tracing_subscriber::filter::Targets::new()
+        .with_default(level)
+        .with_target("zc", tracing::Level::DEBUG);
     tracing_subscriber::registry()
         .with(tracing_subscriber::fmt::layer())
         .with(targets)

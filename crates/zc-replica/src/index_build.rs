@@ -158,10 +158,8 @@ fn sort_spans(bytes: &[u8], spans: &mut [(u32, u32)]) {
                         u32::MAX
                     }
                 });
-                let ended = tie
-                    .iter()
-                    .take_while(|(_, (_, len))| (*len as usize) <= next);
-                let continuing = start + i + ended.count();
+                let continuing =
+                    start + i + tie.partition_point(|&(_, (_, len))| (len as usize) <= next);
                 if start + j - continuing > 1 {
                     groups.push((continuing, start + j, next));
                 }

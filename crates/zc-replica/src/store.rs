@@ -284,11 +284,16 @@ impl Inner {
         }
     }
 
+    /// Marks that a `Durability::None` commit follows, for the next `flush` to make durable.
+    /// Set before the commit, so that a failed or interrupted one is still flushed; cleared
+    /// only after a durable commit, which covers all earlier ones.
+    fn defer_durability(&self) {
+        self.deferred.store(true, Ordering::Release);
+    }
+
     /// Applies one transaction without an fsync and announces its version.
     fn apply_deferred_now(&self, txn: &Transaction) -> Result<()> {
-        // Set before the commit, so that a failed or interrupted one is still flushed;
-        // cleared only after a durable commit, which covers all earlier ones.
-        self.deferred.store(true, Ordering::Release);
+        self.defer_durability();
         if Replica::apply_blocking(&self.db, txn, Durability::None)? {
             self.version_tx.send_replace(txn.commit_lsn);
         }
@@ -509,8 +514,8 @@ enum Built {
 impl Replica {
     /// Writes taken builds of a copied table (its row build or its index builds): merged
     /// chunk by chunk here, beside the writer, each chunk written behind, under the writer
-    /// lock, into the copy's open write transaction. Returns the entries written once every
-    /// chunk is written and committed (at once if there were none).
+    /// lock, into the copy's open write transaction. Returns the entries handed to the writer;
+    /// the next write (`write_inner`) comes after them and reports a chunk that failed.
     async fn write_merges(
         &self,
         area: Area,
@@ -551,10 +556,6 @@ impl Replica {
                     drop(guard);
                 }));
             }
-        }
-        // The last chunk written and committed, and none failed.
-        if entries > 0 {
-            self.write_inner(|inner| inner.copy_failure()).await?;
         }
         Ok(entries)
     }
@@ -1506,7 +1507,11 @@ impl Destination for Replica {
         .await
         .map_err(Error::Writer)??;
         let unordered = self.write_merges(area, &spec, rows, Built::Rows).await?;
-        // The rows replaced meanwhile removed their index entries: the indexes come after.
+        // The rows replaced meanwhile removed their index entries: the indexes come after
+        // the row chunks are written.
+        if unordered > 0 {
+            self.write_inner(|inner| inner.copy_failure()).await?;
+        }
         let inner = Arc::clone(&self.inner);
         let key = storage_key(&spec.name);
         let indexes: Vec<String> = stored_indexes(&spec)
@@ -1633,8 +1638,7 @@ impl Destination for Replica {
             // pages, 0.3–0.4 s at 1M issues) is the stream's first `flush`, while the server
             // starts serving. A crash before it leaves the last durable state, which is
             // still syncing: the initial sync starts over, as after a crash during the copy.
-            // Set before the commit, so that a failed one is still flushed.
-            inner.deferred.store(true, Ordering::Release);
+            inner.defer_durability();
             w.set_durability(Durability::None)?;
             {
                 let mut meta = w.open_table(META)?;
