@@ -1,7 +1,8 @@
 //! The replica store: one writer, MVCC readers.
 //!
 //! ```text
-//!  zc-wal ──apply(txn)──▶ [writer: one redb write transaction per upstream transaction]
+//!  zc-wal ──apply(txn)──▶ [writer: one redb write transaction per upstream transaction,
+//!                          or per group of transactions queued while it was busy]
 //!                              │ rows, index entries, change log, watermark (Immediate)
 //!                              ▼
 //!                         redb file ──▶ Snapshot (read transaction) ──▶ view syncers
@@ -27,7 +28,11 @@
 //!   copied again after its stream ended), so writes happen in the order asked for; after a
 //!   queued transaction fails, the rest of the queue is dropped and the next
 //!   `apply_deferred` or write reports the error (the stream then resumes from the
-//!   watermark, and the slot sends the dropped ones again).
+//!   watermark, and the slot sends the dropped ones again). The transactions queued at a
+//!   time are applied in one write transaction (`GROUP_CHANGES`), each with its own version
+//!   and change-log entries: readers see the group's last version, never a part of a
+//!   transaction, and a failure leaves the whole group unapplied
+//!   (`queued_transactions_share_a_commit_and_fail_together`).
 //! - A copy keeps one write transaction open between its batches (see `OpenCopy`); every
 //!   other write commits it first, so writes never wait on each other's transactions. Its
 //!   secondary indexes are written when it finishes (see `index_build`), before the commit
@@ -237,6 +242,13 @@ const COPY_BATCH_STEPS: usize = 64;
 /// A cursor run of a copied table's row build shorter than this is followed by
 /// `ROW_CHUNK_INSERTS` ordinary inserts (see `put_row_chunk`).
 const ROW_CHUNK_RUN: usize = 16;
+
+/// Row changes of the queued transactions `apply_deferred` applies in one write transaction
+/// (at least one transaction, whatever its size). Transactions queue while the writer is busy:
+/// when they arrive faster than one commit each can keep up with, a group shares one commit,
+/// which copies the pages every commit rewrites (the watermark's, the change log's, the
+/// trees' upper levels) once instead of once per transaction.
+const GROUP_CHANGES: usize = 10_000;
 const ROW_CHUNK_INSERTS: usize = 256;
 
 impl Inner {
@@ -251,23 +263,33 @@ impl Inner {
     }
 
     /// Applies the queued transactions of `apply_deferred`, in order, until none is left;
-    /// runs as the writer, under `write_lock`. After a failure the rest are dropped.
+    /// runs as the writer, under `write_lock`. The transactions queued at a time are applied
+    /// together, in one write transaction (see [`GROUP_CHANGES`]). After a failure the rest
+    /// are dropped.
     fn drain_queued(&self) -> Result<()> {
         loop {
-            let txn = {
+            let group: Vec<Transaction> = {
                 let mut q = self
                     .queued
                     .lock()
                     .map_err(|_| Error::State("apply queue"))?;
-                match q.txns.pop_front() {
-                    Some(txn) => txn,
-                    None => {
-                        q.draining = false;
-                        return Ok(());
-                    }
+                if q.txns.is_empty() {
+                    q.draining = false;
+                    return Ok(());
                 }
+                let mut changes = 0;
+                let n = q
+                    .txns
+                    .iter()
+                    .take_while(|txn| {
+                        let first = changes == 0;
+                        changes += txn.changes.len().max(1);
+                        first || changes <= GROUP_CHANGES
+                    })
+                    .count();
+                q.txns.drain(..n).collect()
             };
-            if let Err(e) = self.apply_deferred_now(&txn) {
+            if let Err(e) = self.apply_deferred_now(&group) {
                 self.drop_queued();
                 return Err(e);
             }
@@ -291,11 +313,12 @@ impl Inner {
         self.deferred.store(true, Ordering::Release);
     }
 
-    /// Applies one transaction without an fsync and announces its version.
-    fn apply_deferred_now(&self, txn: &Transaction) -> Result<()> {
+    /// Applies transactions in one write transaction without an fsync and announces the
+    /// version of the last.
+    fn apply_deferred_now(&self, txns: &[Transaction]) -> Result<()> {
         self.defer_durability();
-        if Replica::apply_blocking(&self.db, txn, Durability::None)? {
-            self.version_tx.send_replace(txn.commit_lsn);
+        if let Some(version) = Replica::apply_blocking(&self.db, txns, Durability::None)? {
+            self.version_tx.send_replace(version);
         }
         Ok(())
     }
@@ -663,44 +686,61 @@ impl Replica {
         let version = txn.commit_lsn;
         let applied = self
             .write_inner(move |inner| {
-                let applied = Replica::apply_blocking(&inner.db, &txn, Durability::Immediate)?;
+                let applied = Replica::apply_blocking(
+                    &inner.db,
+                    std::slice::from_ref(&txn),
+                    Durability::Immediate,
+                )?;
                 // An `Immediate` commit makes every earlier one durable too.
-                if applied {
+                if applied.is_some() {
                     inner.deferred.store(false, Ordering::Release);
                 }
                 Ok(applied)
             })
             .await?;
-        if applied {
+        if applied.is_some() {
             self.inner.version_tx.send_replace(version);
         }
         Ok(())
     }
 
-    /// Applies one transaction synchronously (the body of [`Destination::apply`] and
-    /// [`Destination::apply_deferred`]); false when it was at or below the watermark.
-    fn apply_blocking(db: &Database, txn: &Transaction, durability: Durability) -> Result<bool> {
+    /// Applies transactions synchronously, in order, in one write transaction (the body of
+    /// [`Destination::apply`] and [`Destination::apply_deferred`]): all of them or, when one
+    /// fails, none. Each keeps its own version; readers see the state after the last. Returns
+    /// the version of the last one applied, `None` when all were at or below the watermark.
+    fn apply_blocking(
+        db: &Database,
+        txns: &[Transaction],
+        durability: Durability,
+    ) -> Result<Option<Lsn>> {
         let mut w = db.begin_write()?;
         w.set_durability(durability)?;
-        if read_watermark(&w)?.is_some_and(|mark| txn.commit_lsn <= mark.commit_lsn) {
-            w.abort()?;
-            return Ok(false);
-        }
-        let version = txn.commit_lsn.as_u64();
-        // Table schemas read once per transaction, not once per row change.
-        let mut specs = SpecCache::default();
-        for change in &txn.changes {
-            apply_change(&w, &mut specs, version, change)?;
-        }
-        write_watermark(
-            &w,
-            Watermark {
+        let mut mark = read_watermark(&w)?;
+        let mut applied = None;
+        for txn in txns {
+            if mark.is_some_and(|mark| txn.commit_lsn <= mark.commit_lsn) {
+                continue;
+            }
+            let version = txn.commit_lsn.as_u64();
+            // Table schemas read once per transaction, not once per row change.
+            let mut specs = SpecCache::default();
+            for change in &txn.changes {
+                apply_change(&w, &mut specs, version, change)?;
+            }
+            mark = Some(Watermark {
                 commit_lsn: txn.commit_lsn,
                 ack_lsn: txn.end_lsn,
-            },
-        )?;
-        w.commit()?;
-        Ok(true)
+            });
+            applied = Some(txn.commit_lsn);
+        }
+        match mark.filter(|_| applied.is_some()) {
+            Some(mark) => {
+                write_watermark(&w, mark)?;
+                w.commit()?;
+            }
+            None => w.abort()?,
+        }
+        Ok(applied)
     }
 }
 
@@ -2346,6 +2386,100 @@ mod tests {
         let snap = r.snapshot().unwrap();
         assert_eq!(snap.version().unwrap(), Lsn(5020));
         assert!(snap.get(&t, &[Value::Int(5010)]).unwrap().is_some());
+    }
+
+    #[tokio::test]
+    async fn queued_transactions_share_a_commit_and_fail_together() {
+        let (_dir, r, t) = syncing_replica().await;
+        r.finish_initial_sync(synced_state()).await.unwrap();
+        let insert = |lsn: u64, id: i64| {
+            txn(
+                lsn,
+                vec![Change::Insert {
+                    table: t.clone(),
+                    row: row(id, "g", id),
+                }],
+            )
+        };
+        let unknown = |lsn: u64| {
+            txn(
+                lsn,
+                vec![Change::Insert {
+                    table: TableName::new("public", "nope"),
+                    row: row(1, "x", 1),
+                }],
+            )
+        };
+        // What a drain finds queued (the writer was busy while they arrived).
+        let drain = |txns: Vec<Transaction>| {
+            {
+                let mut q = r.inner.queued.lock().unwrap();
+                q.txns.extend(txns);
+                q.draining = true;
+            }
+            let drained = r.inner.drain_queued();
+            let q = r.inner.queued.lock().unwrap();
+            assert!(q.txns.is_empty() && !q.draining, "the queue is left empty");
+            drained
+        };
+        let before = r.snapshot().unwrap().version().unwrap();
+
+        // Three transactions, one commit: each keeps its own version.
+        drain(vec![insert(200, 1), insert(210, 2), insert(220, 3)]).unwrap();
+        let snap = r.snapshot().unwrap();
+        assert_eq!(snap.version().unwrap(), Lsn(220));
+        let logged: Vec<(Lsn, Option<Vec<Value>>)> = snap
+            .changes(before, Lsn(220))
+            .unwrap()
+            .into_iter()
+            .map(|c| (c.version, c.key))
+            .collect();
+        assert_eq!(
+            logged,
+            vec![
+                (Lsn(200), Some(vec![Value::Int(1)])),
+                (Lsn(210), Some(vec![Value::Int(2)])),
+                (Lsn(220), Some(vec![Value::Int(3)])),
+            ]
+        );
+        assert_eq!(
+            snap.get(&t, &[Value::Int(2)]).unwrap().map(|(_, v)| v),
+            Some(Lsn(210))
+        );
+
+        // A group with a failing transaction is applied not at all: the stream resumes from
+        // the watermark before it, and the slot sends the whole group again.
+        let err = drain(vec![insert(300, 10), insert(310, 11), unknown(320)]).unwrap_err();
+        assert!(err.to_string().contains("nope"), "{err}");
+        let snap = r.snapshot().unwrap();
+        assert_eq!(snap.version().unwrap(), Lsn(220));
+        assert!(snap.get(&t, &[Value::Int(10)]).unwrap().is_none());
+        assert_eq!(snap.watermark().unwrap().unwrap().commit_lsn, Lsn(220));
+
+        // A group ends before the transaction that would take it past GROUP_CHANGES: the
+        // large one commits alone, the failure after it takes only its own group.
+        let large = txn(
+            400,
+            (0..GROUP_CHANGES as i64)
+                .map(|i| Change::Insert {
+                    table: t.clone(),
+                    row: row(100_000 + i, "l", i),
+                })
+                .collect(),
+        );
+        let err = drain(vec![large, insert(410, 20), unknown(420)]).unwrap_err();
+        assert!(err.to_string().contains("nope"), "{err}");
+        let snap = r.snapshot().unwrap();
+        assert_eq!(snap.version().unwrap(), Lsn(400));
+        assert_eq!(snap.row_count(&t).unwrap(), 3 + GROUP_CHANGES as u64);
+        assert!(snap.get(&t, &[Value::Int(20)]).unwrap().is_none());
+
+        // Transactions at or below the watermark (sent again) are skipped inside a group.
+        drain(vec![insert(400, 30), insert(430, 31)]).unwrap();
+        let snap = r.snapshot().unwrap();
+        assert_eq!(snap.version().unwrap(), Lsn(430));
+        assert!(snap.get(&t, &[Value::Int(30)]).unwrap().is_none());
+        assert!(snap.get(&t, &[Value::Int(31)]).unwrap().is_some());
     }
 
     #[tokio::test]

@@ -127,8 +127,9 @@ pub trait Destination: Send + Sync + 'static {
     /// yet durably: a later `apply` or [`flush`](Self::flush) makes it durable. zc-wal applies
     /// every streamed transaction this way and flushes once no more of the stream is waiting
     /// (before it acknowledges anything), so that readers see a transaction without waiting
-    /// for the disk and one fsync covers a burst of upstream transactions. The default
-    /// applies it durably.
+    /// for the disk and one fsync covers a burst of upstream transactions. It may be committed
+    /// together with transactions deferred before or after it (readers then see their states
+    /// only after the last of them), never in part. The default applies it durably.
     fn apply_deferred(
         &self,
         txn: Transaction,

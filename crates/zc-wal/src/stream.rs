@@ -36,7 +36,8 @@
 //! pages each one dirtied cost a third of zc's CPU at a few hundred transactions a second;
 //! so the transactions of up to 100 ms (or 500 of them) wait for one flush, which writes
 //! each page once and makes all of them durable, and only then is the newest `end_lsn`
-//! acknowledged. Each upstream transaction is still its own atomic commit and version. A
+//! acknowledged. Each upstream transaction is still applied atomically, with its own version
+//! (the destination may commit transactions that queued for its writer together). A
 //! crash loses at most applied but not yet durable transactions, none of them
 //! acknowledged, which the slot sends again (`acks_never_pass_the_durable_watermark` in
 //! zc-replica's integration tests). When the stream stops, such transactions are simply
