@@ -717,13 +717,14 @@ impl Replica {
         w.set_durability(durability)?;
         let mut mark = read_watermark(&w)?;
         let mut applied = None;
+        // Table schemas read once per group, not once per row change (the cache follows the
+        // catalog changes the transactions make).
+        let mut specs = SpecCache::default();
         for txn in txns {
             if mark.is_some_and(|mark| txn.commit_lsn <= mark.commit_lsn) {
                 continue;
             }
             let version = txn.commit_lsn.as_u64();
-            // Table schemas read once per transaction, not once per row change.
-            let mut specs = SpecCache::default();
             for change in &txn.changes {
                 apply_change(&w, &mut specs, version, change)?;
             }
