@@ -242,6 +242,7 @@ const COPY_BATCH_STEPS: usize = 64;
 /// A cursor run of a copied table's row build shorter than this is followed by
 /// `ROW_CHUNK_INSERTS` ordinary inserts (see `put_row_chunk`).
 const ROW_CHUNK_RUN: usize = 16;
+const ROW_CHUNK_INSERTS: usize = 256;
 
 /// Row changes of the queued transactions `apply_deferred` applies in one write transaction
 /// (at least one transaction, whatever its size). Transactions queue while the writer is busy:
@@ -249,7 +250,6 @@ const ROW_CHUNK_RUN: usize = 16;
 /// which copies the pages every commit rewrites (the watermark's, the change log's, the
 /// trees' upper levels) once instead of once per transaction.
 const GROUP_CHANGES: usize = 10_000;
-const ROW_CHUNK_INSERTS: usize = 256;
 
 impl Inner {
     /// Commits the copy's open write transaction, if any (non-durably, as every batch of a
@@ -734,12 +734,12 @@ impl Replica {
             });
             applied = Some(txn.commit_lsn);
         }
-        match mark.filter(|_| applied.is_some()) {
-            Some(mark) => {
+        match (applied, mark) {
+            (Some(_), Some(mark)) => {
                 write_watermark(&w, mark)?;
                 w.commit()?;
             }
-            None => w.abort()?,
+            _ => w.abort()?,
         }
         Ok(applied)
     }
