@@ -178,6 +178,41 @@ async fn schema_changes_are_replicated() {
     assert_eq!(a.columns.len(), 3);
     assert!(a.copied_at > version_before);
 
+    // A column added with a default and no row change after it: the shard's event trigger
+    // announces it, so the rows have the column's value without waiting for the table's
+    // next change (pgoutput alone says nothing until then).
+    db.exec("ALTER TABLE a ADD COLUMN u text DEFAULT 'dflt'")
+        .await;
+    let n = bump_marker(&db).await;
+    wait_marker(&running, n).await;
+    let a = running
+        .replica
+        .snapshot()
+        .expect("snap")
+        .table(&TableName::new("public", "a"))
+        .expect("a");
+    assert_eq!(
+        a.columns
+            .iter()
+            .map(|c| c.name.as_str())
+            .collect::<Vec<_>>(),
+        ["id", "v", "w", "u"]
+    );
+    assert_converged(&db, &running.replica).await;
+    // An ALTER TABLE that leaves the columns as they are copies nothing.
+    let copied_at = a.copied_at;
+    db.exec("ALTER TABLE a ALTER COLUMN u SET DEFAULT 'other'")
+        .await;
+    let n = bump_marker(&db).await;
+    wait_marker(&running, n).await;
+    let a = running
+        .replica
+        .snapshot()
+        .expect("snap")
+        .table(&TableName::new("public", "a"))
+        .expect("a");
+    assert_eq!(a.copied_at, copied_at);
+
     // A renamed table: its rows move to the new name (the stream alone could not know them).
     db.exec("ALTER TABLE a RENAME TO a2; UPDATE a2 SET v = 'renamed' WHERE id = 2;")
         .await;

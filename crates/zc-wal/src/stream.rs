@@ -81,6 +81,7 @@ struct Streamer<'a, D> {
     relations: HashMap<u32, RelState>,
     publications: Vec<String>,
     drop_prefix: String,
+    alter_prefix: String,
     watermark: Watermark,
     open: Option<OpenTxn>,
     /// Transactions applied with `apply_deferred` and not yet durable nor acknowledged.
@@ -109,6 +110,8 @@ impl Deferred {
 
 struct OpenTxn {
     commit_lsn: Lsn,
+    /// The upstream transaction ID (32 bits).
+    xid: u32,
     skip: bool,
     changes: Vec<Change>,
 }
@@ -149,6 +152,7 @@ pub(crate) async fn run<D: Destination>(
         relations: HashMap::new(),
         publications: state.publications.clone(),
         drop_prefix: upstream::drop_message_prefix(cfg),
+        alter_prefix: upstream::alter_message_prefix(cfg),
         watermark: state.watermark,
         open: None,
         deferred: None,
@@ -200,10 +204,11 @@ impl<D: Destination> Streamer<'_, D> {
                 });
             };
             match event {
-                ReplicationEvent::Begin { final_lsn, .. } => {
+                ReplicationEvent::Begin { final_lsn, xid, .. } => {
                     let commit_lsn = Lsn(final_lsn.as_u64());
                     self.open = Some(OpenTxn {
                         commit_lsn,
+                        xid,
                         skip: commit_lsn <= self.watermark.commit_lsn,
                         changes: Vec::new(),
                     });
@@ -225,6 +230,8 @@ impl<D: Destination> Streamer<'_, D> {
                 } => {
                     if transactional && prefix == self.drop_prefix {
                         self.on_drop(&content);
+                    } else if transactional && prefix == self.alter_prefix {
+                        self.on_alter(&content)?;
                     } else if transactional {
                         self.push(Change::Message {
                             prefix,
@@ -354,6 +361,47 @@ impl<D: Destination> Streamer<'_, D> {
             self.known.remove(&name);
             self.push(Change::DropTable(name));
         }
+    }
+
+    /// Tables altered upstream (announced by the shard's event trigger, inside the altering
+    /// transaction, with their columns as they are after it). A table whose columns no longer
+    /// match the replica's is copied again at a new snapshot, as when a row change brings a
+    /// changed Relation message: pgoutput sends that only before the table's next row change,
+    /// and never the values an `ADD COLUMN … DEFAULT` or a type change gives the rows already
+    /// there.
+    fn on_alter(&mut self, content: &[u8]) -> Result<()> {
+        type Altered = Vec<(String, String, u32, Option<Vec<(String, u32)>>)>;
+        let Ok(altered) = serde_json::from_slice::<Altered>(content) else {
+            warn!("ignoring a malformed alter announcement");
+            return Ok(());
+        };
+        let Some(open) = self.open.as_ref().filter(|o| !o.skip) else {
+            return Ok(());
+        };
+        for (schema, name, oid, columns) in altered {
+            let name = TableName::new(schema, name);
+            // Only a table zc holds under that name and OID, and only if no later copy of it
+            // already reflects this transaction.
+            let Some(spec) = self
+                .known
+                .get(&name)
+                .filter(|s| s.oid == oid && open.commit_lsn >= s.copied_at)
+            else {
+                continue;
+            };
+            let columns = columns.unwrap_or_default();
+            let same = spec.columns.len() == columns.len()
+                && spec
+                    .columns
+                    .iter()
+                    .zip(&columns)
+                    .all(|(c, (n, t))| c.name == *n && c.pg_type.oid == *t);
+            if !same {
+                info!(table = %name, "the table's columns changed upstream");
+                return Err(Error::TableResyncRequired { table: name, oid });
+            }
+        }
+        Ok(())
     }
 
     fn push(&mut self, change: Change) {
@@ -519,6 +567,11 @@ impl<D: Destination> Streamer<'_, D> {
         // so it is copied at a snapshot, like a table whose columns changed. Tables without a
         // usable key are not replicated.
         let mut conn = upstream::connect(&self.cfg.upstream_url).await?;
+        // The catalog must show the transaction the Relation message came in (it may have
+        // created the table), which the walsender can send before it is visible.
+        if let Some(open) = self.open.as_ref() {
+            upstream::wait_until_visible(&mut conn, open.xid, Duration::from_secs(10)).await?;
+        }
         let usable = !upstream::published_tables(&mut conn, &self.publications, Some(&[rel.id]))
             .await?
             .is_empty();

@@ -164,8 +164,11 @@ pub(crate) async fn ensure_shard(conn: &mut PgConnection, cfg: &WalConfig) -> Re
             .await
             .map_err(query_err("create the metadata publication"))?;
     }
-    // Dropped tables are announced in the replication stream by an event trigger. Creating
-    // one needs superuser rights; without it, drops are noticed at the next start.
+    // Dropped tables, and the columns of altered ones, are announced in the replication
+    // stream by event triggers (pgoutput says nothing of a drop, and sends a table's new
+    // columns only before its next row change). Creating one needs superuser rights;
+    // without them, drops are noticed at the next start and column changes at the table's
+    // next row change.
     sqlx::raw_sql("SAVEPOINT zc_ddl")
         .execute(&mut *tx)
         .await
@@ -185,9 +188,31 @@ pub(crate) async fn ensure_shard(conn: &mut PgConnection, cfg: &WalConfig) -> Re
         $$ LANGUAGE plpgsql;
         DROP EVENT TRIGGER IF EXISTS {name};
         CREATE EVENT TRIGGER {name} ON sql_drop EXECUTE FUNCTION {shard}.zc_announce_drops();
+        CREATE OR REPLACE FUNCTION {shard}.zc_announce_alters() RETURNS event_trigger AS $$
+        DECLARE altered json;
+        BEGIN
+          SELECT json_agg(json_build_array(n.nspname, c.relname, c.oid::int8,
+                   (SELECT json_agg(json_build_array(a.attname, a.atttypid::int8) ORDER BY a.attnum)
+                      FROM pg_attribute a
+                      WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped)))
+            INTO altered
+            FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+            WHERE c.oid IN (SELECT objid FROM pg_event_trigger_ddl_commands()
+                            WHERE object_type = 'table')
+              AND c.relkind IN ('r', 'p') AND c.relpersistence = 'p';
+          IF altered IS NOT NULL THEN
+            PERFORM pg_logical_emit_message(true, {alter_prefix}, altered::text);
+          END IF;
+        END;
+        $$ LANGUAGE plpgsql;
+        DROP EVENT TRIGGER IF EXISTS {alters};
+        CREATE EVENT TRIGGER {alters} ON ddl_command_end WHEN TAG IN ('ALTER TABLE')
+          EXECUTE FUNCTION {shard}.zc_announce_alters();
         "#,
         prefix = literal(&drop_message_prefix(cfg)),
         name = ident(&format!("zc_drops_{}", cfg.shard_schema())),
+        alter_prefix = literal(&alter_message_prefix(cfg)),
+        alters = ident(&format!("zc_alters_{}", cfg.shard_schema())),
     );
     match sqlx::raw_sql(AssertSqlSafe(trigger))
         .execute(&mut *tx)
@@ -195,7 +220,7 @@ pub(crate) async fn ensure_shard(conn: &mut PgConnection, cfg: &WalConfig) -> Re
     {
         Ok(_) => {}
         Err(e) => {
-            warn!(error = %e, "could not create the DDL event trigger (needs superuser): dropped tables are noticed at the next start");
+            warn!(error = %e, "could not create the DDL event triggers (needs superuser): dropped tables are noticed at the next start, changed columns at the table's next row change");
             sqlx::raw_sql("ROLLBACK TO SAVEPOINT zc_ddl")
                 .execute(&mut *tx)
                 .await
@@ -211,6 +236,11 @@ pub(crate) async fn ensure_shard(conn: &mut PgConnection, cfg: &WalConfig) -> Re
 /// The prefix of the logical message that announces dropped tables.
 pub(crate) fn drop_message_prefix(cfg: &WalConfig) -> String {
     format!("zc/{}/drop", cfg.shard_schema())
+}
+
+/// The prefix of the logical message that announces the columns of altered tables.
+pub(crate) fn alter_message_prefix(cfg: &WalConfig) -> String {
+    format!("zc/{}/alter", cfg.shard_schema())
 }
 
 /// A published table as the catalog describes it, before type resolution.
@@ -290,6 +320,52 @@ pub(crate) async fn resolve_types(
         );
     }
     Ok(out)
+}
+
+/// Waits until the committed transaction `xid` (32 bits, as a Begin message gives it) is
+/// visible to new snapshots, for at most `bound`.
+///
+/// The walsender decodes a transaction once its commit record is in the WAL, and the
+/// transaction leaves the running set (becomes visible) a moment after that: a catalog query
+/// made on a Relation message could otherwise miss the table the transaction created.
+pub(crate) async fn wait_until_visible(
+    conn: &mut PgConnection,
+    xid: u32,
+    bound: std::time::Duration,
+) -> Result<()> {
+    let deadline = tokio::time::Instant::now() + bound;
+    while !is_visible(conn, xid).await? {
+        if tokio::time::Instant::now() >= deadline {
+            warn!(
+                xid,
+                "a replicated transaction is still not visible upstream; reading the catalog anyway"
+            );
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+    }
+    Ok(())
+}
+
+/// Whether transaction `xid` (32 bits) is visible to a snapshot taken now: its full ID has
+/// the epoch of the snapshot's xmax, one less when the 32 bits are at or above xmax's (it
+/// began before xmax's epoch did).
+async fn is_visible(conn: &mut PgConnection, xid: u32) -> Result<bool> {
+    sqlx::query_scalar(
+        r#"
+        WITH s AS (SELECT pg_current_snapshot() AS snap),
+             x AS (SELECT snap, pg_snapshot_xmax(snap)::text::int8 AS xmax FROM s)
+        SELECT pg_visible_in_snapshot(
+                 ((((xmax >> 32) - CASE WHEN $1 >= (xmax & 4294967295) THEN 1 ELSE 0 END) << 32)
+                   | $1)::text::xid8,
+                 snap)
+        FROM x
+        "#,
+    )
+    .bind(i64::from(xid))
+    .fetch_one(&mut *conn)
+    .await
+    .map_err(query_err("check that a transaction is visible"))
 }
 
 /// Loads the schemas of every table in `publications`, as the catalog (or the snapshot the
@@ -597,4 +673,31 @@ pub(crate) async fn drop_slot(conn: &mut PgConnection, slot: &str) -> Result<()>
         what: "drop the replication slot",
         source: format!("slot {slot:?} stayed active").into(),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use zc_testkit::TestDb;
+
+    #[tokio::test]
+    async fn a_transaction_is_visible_once_it_has_committed() {
+        let db = TestDb::new().await;
+        let mut writer = db.connect().await;
+        let mut probe = db.connect().await;
+        sqlx::raw_sql("BEGIN").execute(&mut writer).await.unwrap();
+        let full: i64 = sqlx::query_scalar("SELECT pg_current_xact_id()::text::int8")
+            .fetch_one(&mut writer)
+            .await
+            .unwrap();
+        let xid = u32::try_from(full & 0xffff_ffff).unwrap();
+        assert!(!is_visible(&mut probe, xid).await.unwrap(), "still running");
+        sqlx::raw_sql("COMMIT").execute(&mut writer).await.unwrap();
+        assert!(is_visible(&mut probe, xid).await.unwrap(), "committed");
+        wait_until_visible(&mut probe, xid, std::time::Duration::from_secs(60))
+            .await
+            .unwrap();
+        // An earlier transaction is visible too.
+        assert!(is_visible(&mut probe, xid - 1).await.unwrap());
+    }
 }
