@@ -194,7 +194,8 @@ pub(crate) async fn ensure_shard(conn: &mut PgConnection, cfg: &WalConfig) -> Re
           SELECT json_agg(json_build_array(n.nspname, c.relname, c.oid::int8,
                    (SELECT json_agg(json_build_array(a.attname, a.atttypid::int8) ORDER BY a.attnum)
                       FROM pg_attribute a
-                      WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped)))
+                      WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped
+                        AND a.attgenerated = '')))
             INTO altered
             FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
             WHERE c.oid IN (SELECT objid FROM pg_event_trigger_ddl_commands()
