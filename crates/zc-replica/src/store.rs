@@ -2146,6 +2146,17 @@ mod tests {
         }
     }
 
+    /// A transaction that inserts one row (`row(id, tag, id)`) into `t`.
+    fn insert_txn(t: &TableName, lsn: u64, id: i64, tag: &str) -> Transaction {
+        txn(
+            lsn,
+            vec![Change::Insert {
+                table: t.clone(),
+                row: row(id, tag, id),
+            }],
+        )
+    }
+
     fn index_order(r: &Replica) -> Vec<i64> {
         let t = TableName::new("public", "t");
         r.snapshot()
@@ -2320,15 +2331,7 @@ mod tests {
     async fn queued_transactions_apply_in_order_and_a_failure_drops_the_rest() {
         let (_dir, r, t) = syncing_replica().await;
         r.finish_initial_sync(synced_state()).await.unwrap();
-        let insert = |lsn: u64, id: i64| {
-            txn(
-                lsn,
-                vec![Change::Insert {
-                    table: t.clone(),
-                    row: row(id, "q", id),
-                }],
-            )
-        };
+        let insert = |lsn: u64, id: i64| insert_txn(&t, lsn, id, "q");
         let mut versions = r.subscribe();
         for i in 0..200 {
             r.apply_deferred(insert(100 + 10 * i, 1000 + i as i64))
@@ -2393,15 +2396,7 @@ mod tests {
     async fn queued_transactions_share_a_commit_and_fail_together() {
         let (_dir, r, t) = syncing_replica().await;
         r.finish_initial_sync(synced_state()).await.unwrap();
-        let insert = |lsn: u64, id: i64| {
-            txn(
-                lsn,
-                vec![Change::Insert {
-                    table: t.clone(),
-                    row: row(id, "g", id),
-                }],
-            )
-        };
+        let insert = |lsn: u64, id: i64| insert_txn(&t, lsn, id, "g");
         let unknown = |lsn: u64| {
             txn(
                 lsn,

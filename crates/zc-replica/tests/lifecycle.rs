@@ -169,12 +169,16 @@ async fn schema_changes_are_replicated() {
         version_before,
         "a column change must copy only the changed table, not resync the replica"
     );
-    let a = running
-        .replica
-        .snapshot()
-        .expect("snap")
-        .table(&TableName::new("public", "a"))
-        .expect("a");
+    // Table `a` as the replica holds it now.
+    let table_a = || {
+        running
+            .replica
+            .snapshot()
+            .expect("snap")
+            .table(&TableName::new("public", "a"))
+            .expect("a")
+    };
+    let a = table_a();
     assert_eq!(a.columns.len(), 3);
     assert!(a.copied_at > version_before);
 
@@ -185,12 +189,7 @@ async fn schema_changes_are_replicated() {
         .await;
     let n = bump_marker(&db).await;
     wait_marker(&running, n).await;
-    let a = running
-        .replica
-        .snapshot()
-        .expect("snap")
-        .table(&TableName::new("public", "a"))
-        .expect("a");
+    let a = table_a();
     assert_eq!(
         a.columns
             .iter()
@@ -208,12 +207,7 @@ async fn schema_changes_are_replicated() {
         .await;
     let n = bump_marker(&db).await;
     wait_marker(&running, n).await;
-    let a = running
-        .replica
-        .snapshot()
-        .expect("snap")
-        .table(&TableName::new("public", "a"))
-        .expect("a");
+    let a = table_a();
     assert_eq!(a.copied_at, copied_at);
 
     // A renamed table: its rows move to the new name (the stream alone could not know them).

@@ -347,17 +347,11 @@ impl<D: Destination> Streamer<'_, D> {
         let commit = self.open.as_ref().map(|o| o.commit_lsn).unwrap_or_default();
         for (schema, name, oid) in dropped {
             let name = TableName::new(schema, name);
-            // Only the table with that OID, and only if no later copy of it already
-            // reflects this transaction.
-            let Some(spec) = self
-                .known
-                .get(&name)
-                .filter(|s| s.oid == oid && commit >= s.copied_at)
-            else {
+            if self.held(&name, oid, commit).is_none() {
                 continue;
-            };
+            }
             info!(table = %name, "table dropped upstream");
-            self.relations.remove(&spec.oid);
+            self.relations.remove(&oid);
             self.known.remove(&name);
             self.push(Change::DropTable(name));
         }
@@ -380,28 +374,24 @@ impl<D: Destination> Streamer<'_, D> {
         };
         for (schema, name, oid, columns) in altered {
             let name = TableName::new(schema, name);
-            // Only a table zc holds under that name and OID, and only if no later copy of it
-            // already reflects this transaction.
-            let Some(spec) = self
-                .known
-                .get(&name)
-                .filter(|s| s.oid == oid && open.commit_lsn >= s.copied_at)
-            else {
+            let Some(spec) = self.held(&name, oid, open.commit_lsn) else {
                 continue;
             };
             let columns = columns.unwrap_or_default();
-            let same = spec.columns.len() == columns.len()
-                && spec
-                    .columns
-                    .iter()
-                    .zip(&columns)
-                    .all(|(c, (n, t))| c.name == *n && c.pg_type.oid == *t);
-            if !same {
+            if !columns_match(spec, columns.iter().map(|(n, t)| (n.as_str(), *t))) {
                 info!(table = %name, "the table's columns changed upstream");
                 return Err(Error::TableResyncRequired { table: name, oid });
             }
         }
         Ok(())
+    }
+
+    /// The table zc holds under `name` with `oid`, unless it was copied at a snapshot that
+    /// already contains the transaction committing at `commit`.
+    fn held(&self, name: &TableName, oid: u32, commit: Lsn) -> Option<&Arc<TableSpec>> {
+        self.known
+            .get(name)
+            .filter(|s| s.oid == oid && commit >= s.copied_at)
     }
 
     fn push(&mut self, change: Change) {
@@ -598,12 +588,23 @@ fn same_columns(spec: &TableSpec, rel: &Relation) -> bool {
             .enumerate()
             .all(|(i, c)| c.is_key() == spec.key.contains(&i));
     key_ok
-        && spec.columns.len() == rel.columns.len()
+        && columns_match(
+            spec,
+            rel.columns.iter().map(|r| (r.name.as_str(), r.type_oid)),
+        )
+}
+
+/// Whether `spec`'s columns are, in order, the given (name, type OID) pairs.
+fn columns_match<'a>(
+    spec: &TableSpec,
+    columns: impl ExactSizeIterator<Item = (&'a str, u32)>,
+) -> bool {
+    spec.columns.len() == columns.len()
         && spec
             .columns
             .iter()
-            .zip(&rel.columns)
-            .all(|(c, r)| c.name == r.name && c.pg_type.oid == r.type_oid)
+            .zip(columns)
+            .all(|(c, (name, oid))| c.name == name && c.pg_type.oid == oid)
 }
 
 fn value_of(spec: &TableSpec, i: usize, v: &TupleValue) -> Result<Option<Value>> {
