@@ -1745,6 +1745,7 @@ impl Group {
                         });
                     }
                 }
+                tracing::trace!(group = %self.id, client = %name, rows = rows.len(), "poke built");
                 if !rows.is_empty() {
                     part.rows_patch = Some(rows);
                 }
