@@ -78,8 +78,8 @@ fn main() -> ExitCode {
 ///   stays resident in each. One per core instead of eight cut memory per group by about a
 ///   tenth and the initial copy's peak by about a fifth; on two cores, one arena instead of
 ///   two cut the whole run's peak from 138 to 93 MiB (benches/side-by-side, zc alone, 100k
-///   issues: the peak is in the write ramp's step over the limit, when the two arenas each
-///   held their own freed blocks), memory per group from 133 to 95 KiB, and the 1M copy's
+///   issues: the peak is in the write ramp's step over the limit; at it, the two arenas'
+///   heaps held 61 and 34 MiB), memory per group from 133 to 95 KiB, and the 1M copy's
 ///   peak from 110–117 to 91–94 MiB while the copy got no slower (8.4–9.0 s against
 ///   9.6–10.6 s, interleaved), with CPU per write and latencies the same. glibc's per-thread
 ///   caches take most small blocks without the arena's lock. Larger machines were not
