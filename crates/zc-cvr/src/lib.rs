@@ -5,7 +5,8 @@
 //! to), its clients, the queries each client desires, the queries the group has ("got"),
 //! and every row it holds with a reference count per query. Every entry carries the
 //! version at which it last changed (its *patch version*), so the changes since any cookie
-//! are the entries patched after it ([`Cvr::changes_since`]).
+//! are the entries patched after it ([`Cvr::changes_since`]; for a recent cookie, less the
+//! rows that came and went after it).
 //!
 //! [`CvrStore`] keeps records in PostgreSQL (schema `"{app}_{shard}/zc_cvr"`), loads one
 //! group's record when the group becomes active, and writes each change set in one
