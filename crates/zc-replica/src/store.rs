@@ -2061,13 +2061,28 @@ impl Snapshot {
 
     /// The change log entries with versions in `(after, upto]`, in version order.
     pub fn changes(&self, after: Lsn, upto: Lsn) -> Result<Vec<ChangeLogEntry>> {
+        let mut out = Vec::new();
+        self.scan_changes(after, upto, |entry| {
+            out.push(entry);
+            true
+        })?;
+        Ok(out)
+    }
+
+    /// Hands the change log entries with versions in `(after, upto]` to `visit`, in version
+    /// order, until it returns `false`; holds none of them (for spans too long to collect).
+    pub fn scan_changes(
+        &self,
+        after: Lsn,
+        upto: Lsn,
+        mut visit: impl FnMut(ChangeLogEntry) -> bool,
+    ) -> Result<()> {
         let log = match self.txn.open_table(CHANGELOG) {
             Ok(t) => t,
-            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
+            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(()),
             Err(e) => return Err(e.into()),
         };
         let start = (after.as_u64().saturating_add(1)).to_be_bytes();
-        let mut out = Vec::new();
         for entry in log.range::<&[u8]>(start.as_slice()..)? {
             let (k, op) = entry?;
             let k = k.value();
@@ -2092,14 +2107,17 @@ impl Snapshot {
                 Some(key::decode(pk).ok_or(Error::State("changelog"))?)
             };
             let op = ChangeOp::from_code(op.value()).ok_or(Error::State("changelog"))?;
-            out.push(ChangeLogEntry {
+            let entry = ChangeLogEntry {
                 version: Lsn(version),
                 table,
                 key,
                 op,
-            });
+            };
+            if !visit(entry) {
+                break;
+            }
         }
-        Ok(out)
+        Ok(())
     }
 }
 

@@ -463,6 +463,82 @@ async fn a_group_without_clients_stops_while_writes_go_on() {
     server.stop().await;
 }
 
+/// A bulk change upstream (far more rows than the shared pipelines hold) is not pushed
+/// through them row by row: they are rebuilt at the new version, and each group still sends
+/// its clients exactly what changed for them, with the `lastMutationID` the same transaction
+/// set. The next small write is pushed as usual.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bulk_change_rebuilds_the_pipelines_and_clients_get_only_their_changes() {
+    let db = TestDb::new().await;
+    seed(&db).await;
+    let server = Server::start(&db, spawn_query_endpoint()).await;
+    let init = InitConnectionBody::new(vec![named("j89s9yb1osb", "openIssues", vec![])]);
+    let mut clients = Vec::new();
+    for i in 0..3 {
+        let group = format!("bulk{}", i % 2);
+        let mut c = connected(
+            &server.base,
+            params(&group, &format!("c{i}"), None),
+            Some(&init),
+            Some("token"),
+        )
+        .await;
+        let view = view_until_got(&mut c, "j89s9yb1osb").await;
+        assert_eq!(view.ids(), vec!["i1", "i2"], "client {i}");
+        clients.push((c, view));
+    }
+    let rebuilds = || async {
+        let metrics = reqwest_get(&format!("{}/metrics", server.base)).await;
+        gauge(&metrics, "zc_sync_pipeline_rebuilds_total", &db.name)
+    };
+    assert_eq!(rebuilds().await, None);
+
+    // One transaction: 5,000 closed issues (no query holds them), an edit, a close, and
+    // client c0's last mutation id.
+    db.exec(&format!(
+        "BEGIN;
+         INSERT INTO issue SELECT 'bulk' || g, 'bulk', true, g FROM generate_series(1, 5000) g;
+         UPDATE issue SET title = 'first (bulk)' WHERE id = 'i1';
+         UPDATE issue SET done = true WHERE id = 'i2';
+         INSERT INTO \"{}_0\".clients VALUES ('bulk0', 'c0', 7, NULL);
+         COMMIT;",
+        db.name
+    ))
+    .await;
+    for (i, (c, view)) in clients.iter_mut().enumerate() {
+        let mut lmids = BTreeMap::new();
+        let mut rows = 0;
+        while view.ids() != vec!["i1"] {
+            let poke = c.poke().await.expect("poke after the bulk change");
+            for part in &poke.parts {
+                rows += part.rows_patch.as_ref().map_or(0, Vec::len);
+                lmids.extend(part.last_mutation_id_changes.clone().unwrap_or_default());
+            }
+            view.apply(&poke);
+        }
+        let title = view
+            .rows
+            .iter()
+            .find_map(|((_, id), v)| (id == "\"i1\"").then(|| v["title"].clone()));
+        assert_eq!(title, Some(json!("first (bulk)")), "client {i}");
+        // The edit and the delete; none of the bulk's rows.
+        assert_eq!(rows, 2, "client {i}");
+        let expected = (i % 2 == 0).then_some(7);
+        assert_eq!(lmids.get("c0").copied(), expected, "client {i}: {lmids:?}");
+    }
+    assert_eq!(rebuilds().await.as_deref(), Some("1"));
+
+    // A small write afterwards goes through the rebuilt pipelines.
+    db.exec("INSERT INTO issue VALUES ('i0', 'zeroth', false, 0)")
+        .await;
+    for (c, view) in &mut clients {
+        apply_until_row(c, view, "i0").await;
+        assert_eq!(view.ids(), vec!["i0", "i1"]);
+    }
+    assert_eq!(rebuilds().await.as_deref(), Some("1"));
+    server.stop().await;
+}
+
 /// How many client groups of app `app` the server at `base` runs, by its metrics.
 async fn client_groups(base: &str, app: &str) -> Option<String> {
     let metrics = reqwest_get(&format!("{base}/metrics")).await;

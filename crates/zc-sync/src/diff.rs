@@ -1,7 +1,7 @@
 //! The row changes between two replica snapshots, read from the change log.
 
 use zc_query::pipeline::RowChange;
-use zc_replica::{ChangeOp, Snapshot};
+use zc_replica::{ChangeLogEntry, ChangeOp, Snapshot};
 use zc_types::{Lsn, TableName};
 
 use crate::Error;
@@ -13,13 +13,70 @@ pub enum Advance {
     Rows(Vec<(TableName, RowChange)>),
     /// A table was truncated, created, dropped or replaced: rebuild from the new snapshot.
     Reset,
+    /// More rows changed than the limit given to [`diff_bounded`]: rebuilding from the new
+    /// snapshot costs less than pushing every change (and holds none of them in memory).
+    TooMany {
+        /// How many rows changed.
+        changed: usize,
+        /// The changes of the tables the caller still wants row by row, in order; `None`
+        /// when one of those tables was truncated, created, dropped or replaced.
+        kept: Option<Vec<(TableName, RowChange)>>,
+    },
 }
 
 /// The changes from `old` (at version `from`) to `new` (at version `to`): for every row the
 /// change log names in `(from, to]`, its value in each snapshot.
 pub fn diff(old: &Snapshot, new: &Snapshot, from: Lsn, to: Lsn) -> Result<Advance, Error> {
-    let mut out = Vec::new();
-    for entry in new.changes(from, to)? {
+    diff_bounded(old, new, from, to, usize::MAX, |_| false)
+}
+
+/// [`diff`], unless more than `limit` rows changed: then [`Advance::TooMany`], with the
+/// changes of the tables `keep` names. Reads at most `limit` change-log entries into memory
+/// (and, past the limit, the kept tables' entries).
+pub fn diff_bounded(
+    old: &Snapshot,
+    new: &Snapshot,
+    from: Lsn,
+    to: Lsn,
+    limit: usize,
+    keep: impl Fn(&TableName) -> bool,
+) -> Result<Advance, Error> {
+    let mut entries = Vec::new();
+    let mut over = false;
+    new.scan_changes(from, to, |entry| {
+        if entries.len() < limit {
+            entries.push(entry);
+            true
+        } else {
+            over = true;
+            false
+        }
+    })?;
+    if !over {
+        return rows_of(old, new, entries);
+    }
+    drop(entries);
+    let mut changed = 0usize;
+    let mut kept = Vec::new();
+    new.scan_changes(from, to, |entry| {
+        changed += 1;
+        if keep(&entry.table) {
+            kept.push(entry);
+        }
+        true
+    })?;
+    let kept = match rows_of(old, new, kept)? {
+        Advance::Rows(rows) => Some(rows),
+        Advance::Reset | Advance::TooMany { .. } => None,
+    };
+    Ok(Advance::TooMany { changed, kept })
+}
+
+/// Each entry's row in both snapshots, as a change (entries whose row is the same in both
+/// are left out).
+fn rows_of(old: &Snapshot, new: &Snapshot, entries: Vec<ChangeLogEntry>) -> Result<Advance, Error> {
+    let mut out = Vec::with_capacity(entries.len());
+    for entry in entries {
         let key = match (entry.op, entry.key) {
             (ChangeOp::Truncate | ChangeOp::Reset, _) | (_, None) => return Ok(Advance::Reset),
             (_, Some(key)) => key,

@@ -1480,9 +1480,21 @@ impl Group {
                     self.reapply_permissions()?;
                 }
             }
-            StepKind::Reset => {
+            StepKind::Reset { meta: changes } => {
+                // The permissions may have changed along with everything else.
+                self.resolve_adhoc_again();
                 self.rehydrate_all()?;
-                *meta = self.full_meta("");
+                match changes {
+                    Some(changes) => {
+                        let shard = self.shared.shard_schema();
+                        for (table, change) in changes {
+                            if table.schema == shard {
+                                self.meta_change(table, change, meta);
+                            }
+                        }
+                    }
+                    None => *meta = self.full_meta(""),
+                }
             }
         }
         Ok(())
@@ -1565,6 +1577,16 @@ impl Group {
     /// Re-derives every ad-hoc query from its AST under the current permissions and
     /// rebuilds the pipelines.
     fn reapply_permissions(&mut self) -> Result<(), ErrorBody> {
+        if self.resolve_adhoc_again() {
+            self.rehydrate_all()
+        } else {
+            Ok(())
+        }
+    }
+
+    /// Re-derives every ad-hoc query from its AST under the current permissions (without
+    /// rebuilding anything); whether the group has any.
+    fn resolve_adhoc_again(&mut self) -> bool {
         let perms = self.permissions();
         let auth = self
             .clients
@@ -1579,7 +1601,7 @@ impl Group {
             .filter_map(|(h, q)| q.ast.clone().map(|a| (h.clone(), a)))
             .collect();
         if adhoc.is_empty() {
-            return Ok(());
+            return false;
         }
         for (hash, ast) in adhoc {
             if let Ok(ast) = zc_protocol::ast::from_value(ast) {
@@ -1587,7 +1609,7 @@ impl Group {
                     .insert(hash, perms.transform_query(&ast, &auth));
             }
         }
-        self.rehydrate_all()
+        true
     }
 
     fn live_ast(&self, hash: &str) -> Option<Ast> {

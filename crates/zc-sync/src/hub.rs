@@ -29,7 +29,7 @@ use zc_query::tree::TreeQuery;
 use zc_replica::Replica;
 use zc_types::{Lsn, Row, TableName, Value};
 
-use crate::{Advance, SnapshotSources, diff};
+use crate::{Advance, SnapshotSources, diff_bounded};
 
 /// What changed from one replica version to the next, for the groups.
 #[derive(Debug)]
@@ -49,8 +49,13 @@ pub(crate) enum StepKind {
         /// Every pipeline's output, in change order: (pipeline key, row, change).
         outputs: Vec<(Arc<str>, RowId, Output)>,
     },
-    /// Tables were rebuilt: every pipeline is gone; groups subscribe again.
-    Reset,
+    /// Every pipeline is gone (tables were rebuilt, or too many rows changed at once to
+    /// push them through): groups subscribe again.
+    Reset {
+        /// The changes of the shard's tables (`clients`, `mutations`), for the groups' own
+        /// bookkeeping; `None` when unknown (a table was rebuilt).
+        meta: Option<Vec<(TableName, RowChange)>>,
+    },
 }
 
 /// A pipeline's output as groups need it: a row's new contents, shared by every group that
@@ -74,6 +79,16 @@ impl Output {
 
 /// Steps a group may have queued before the hub drops it (see [`Hub::advance`]).
 const STEP_BACKLOG: usize = 1024;
+
+/// Rows changed between two versions beyond which the hub rebuilds its pipelines at the new
+/// version instead of pushing every change through them (at least this many, and at least
+/// twice the rows the pipelines hold): a rebuild costs about one hydration and holds no
+/// change in memory, where pushing costs and holds every change. zero-cache's view syncers
+/// do the same when an advance would take longer than their hydration did. It bounds the
+/// work and the memory of a step after a bulk change upstream, and when the pipelines fall
+/// behind a write rate they cannot sustain (each step would otherwise span more versions
+/// than the last).
+const MIN_REBUILD_SPAN: usize = 2048;
 
 /// A pipeline's rows: id, how many partitions hold it, contents.
 pub(crate) type HeldRows = Vec<(RowId, u32, Arc<Row>)>;
@@ -117,6 +132,8 @@ pub(crate) struct Hub {
     at: AtomicU64,
     /// `ZERO_APP_ID`, the label of the pipeline gauge.
     app: String,
+    /// The shard's schema, whose tables' changes groups need row by row.
+    shard: String,
 }
 
 impl std::fmt::Debug for Hub {
@@ -187,12 +204,14 @@ pub(crate) enum HubError {
 }
 
 impl Hub {
-    pub(crate) fn new(app: &str) -> Hub {
+    /// A hub for the app `app` whose shard schema is `shard`.
+    pub(crate) fn new(app: &str, shard: &str) -> Hub {
         Hub {
             state: Mutex::new(None),
             epochs: AtomicU64::new(0),
             at: AtomicU64::new(0),
             app: app.to_owned(),
+            shard: shard.to_owned(),
         }
     }
 
@@ -345,25 +364,49 @@ impl Hub {
         if to <= state.version {
             return Ok(());
         }
-        let advance = diff(state.sources.snapshot(), &next, state.version, to)?;
+        let held: usize = state.pipelines.values().map(|p| p.held.len()).sum();
+        let limit = MIN_REBUILD_SPAN.max(held.saturating_mul(2));
+        let shard = self.shard.as_str();
+        let advance = diff_bounded(
+            state.sources.snapshot(),
+            &next,
+            state.version,
+            to,
+            limit,
+            |t| t.schema == shard,
+        )?;
         let kind = match advance {
             Advance::Rows(changes) => match push_all(state, &changes) {
                 Ok(outputs) => StepKind::Rows { changes, outputs },
                 Err(e) => {
                     tracing::warn!(error = %e, "a shared pipeline failed; every query is rebuilt");
-                    StepKind::Reset
+                    StepKind::Reset { meta: None }
                 }
             },
-            Advance::Reset => StepKind::Reset,
+            Advance::Reset => StepKind::Reset { meta: None },
+            Advance::TooMany { changed, kept } => {
+                tracing::info!(
+                    changed,
+                    limit,
+                    pipelines = state.pipelines.len(),
+                    from = %state.version,
+                    to = %to,
+                    "too many rows changed at once to push through the shared pipelines; \
+                     rebuilding them at the new version"
+                );
+                metrics::counter!("zc_sync_pipeline_rebuilds_total", "app" => self.app.clone())
+                    .increment(1);
+                StepKind::Reset { meta: kept }
+            }
         };
-        if matches!(kind, StepKind::Reset) {
+        if matches!(kind, StepKind::Reset { .. }) {
             state.pipelines.clear();
             state.epoch = self.next_epoch();
             self.gauge(0);
         }
         state.sources = match kind {
             StepKind::Rows { .. } => state.sources.renewed(next),
-            StepKind::Reset => SnapshotSources::new(next)?,
+            StepKind::Reset { .. } => SnapshotSources::new(next)?,
         };
         state.version = to;
         self.at.store(to.0, Ordering::Release);

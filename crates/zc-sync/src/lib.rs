@@ -16,7 +16,7 @@ mod schema_check;
 mod service;
 mod source;
 
-pub use diff::{Advance, diff};
+pub use diff::{Advance, diff, diff_bounded};
 pub use service::{ClientHandle, Connection, SyncConfig, Syncer};
 pub use source::SnapshotSources;
 

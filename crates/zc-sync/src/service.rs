@@ -135,7 +135,10 @@ impl Syncer {
     pub fn new(config: SyncConfig, replica: Replica, cvr: CvrStore) -> Syncer {
         let forwarder = Forwarder::new(config.endpoints.clone());
         let verifier = Verifier::new(config.auth.clone());
-        let hub = crate::hub::Hub::new(&config.app_id);
+        let hub = crate::hub::Hub::new(
+            &config.app_id,
+            &format!("{}_{}", config.app_id, config.shard_num),
+        );
         let upstream = config.upstream_db.as_deref().and_then(|url| {
             sqlx::postgres::PgPoolOptions::new()
                 .max_connections(4)

@@ -117,7 +117,7 @@ async fn run_case(w: &mut World, seed: u64) -> usize {
         let next_version = next.version().expect("version");
         let changes = match diff(sources.snapshot(), &next, version, next_version).expect("diff") {
             Advance::Rows(rows) => rows,
-            Advance::Reset => panic!("unexpected reset"),
+            Advance::Reset | Advance::TooMany { .. } => panic!("unexpected reset"),
         };
         for (table, change) in &changes {
             eprintln!("  push {table} {change:?}");
