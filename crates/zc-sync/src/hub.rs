@@ -12,6 +12,10 @@
 //! output in change order. Groups apply the outputs of the pipelines they subscribe to,
 //! in order, to their client view records.
 //!
+//! When more rows changed between two versions than pushing them is worth (see
+//! [`MIN_REBUILD_SPAN`]), the step is a reset instead: the pipelines are rebuilt at the new
+//! version and groups rebuild their queries against their CVRs.
+//!
 //! A group subscribes at the hub's current version and receives the pipeline's rows at
 //! that version; outputs of steps up to that version are not for it. Groups catch up on
 //! their pending steps before they subscribe, so the two versions are normally equal.
