@@ -207,6 +207,32 @@ async fn view_until_got(c: &mut TestClient, hash: &str) -> View {
     view
 }
 
+/// `n` clients `c0`, `c1`, … in `groups` groups (`{prefix}0`, `{prefix}1`, …, round robin),
+/// each with the seed's open issues (the captured `openIssues` query) hydrated.
+async fn watching_open_issues(
+    server: &Server,
+    prefix: &str,
+    n: usize,
+    groups: usize,
+) -> Vec<(TestClient, View)> {
+    let init = InitConnectionBody::new(vec![named("j89s9yb1osb", "openIssues", vec![])]);
+    let mut clients = Vec::new();
+    for i in 0..n {
+        let group = format!("{prefix}{}", i % groups);
+        let mut c = connected(
+            &server.base,
+            params(&group, &format!("c{i}"), None),
+            Some(&init),
+            Some("token"),
+        )
+        .await;
+        let view = view_until_got(&mut c, "j89s9yb1osb").await;
+        assert_eq!(view.ids(), vec!["i1", "i2"], "client {i}");
+        clients.push((c, view));
+    }
+    clients
+}
+
 /// Applies `c`'s pokes to `view` until it holds the row `id`.
 async fn apply_until_row(c: &mut TestClient, view: &mut View, id: &str) {
     while !view.ids().iter().any(|i| i == id) {
@@ -295,21 +321,7 @@ async fn many_clients_follow_upstream_writes_and_bad_frames_only_hurt_their_send
     let db = TestDb::new().await;
     seed(&db).await;
     let server = Server::start(&db, spawn_query_endpoint()).await;
-    let init = InitConnectionBody::new(vec![named("j89s9yb1osb", "openIssues", vec![])]);
-    let mut clients = Vec::new();
-    for i in 0..12 {
-        let group = format!("g{}", i % 4);
-        let mut c = connected(
-            &server.base,
-            params(&group, &format!("c{i}"), None),
-            Some(&init),
-            Some("token"),
-        )
-        .await;
-        let view = view_until_got(&mut c, "j89s9yb1osb").await;
-        assert_eq!(view.ids(), vec!["i1", "i2"], "client {i}");
-        clients.push((c, view));
-    }
+    let mut clients = watching_open_issues(&server, "g", 12, 4).await;
     // The four groups run the same query for the same user: one pipeline.
     let metrics = reqwest_get(&format!("{}/metrics", server.base)).await;
     assert_eq!(
@@ -472,21 +484,7 @@ async fn a_bulk_change_rebuilds_the_pipelines_and_clients_get_only_their_changes
     let db = TestDb::new().await;
     seed(&db).await;
     let server = Server::start(&db, spawn_query_endpoint()).await;
-    let init = InitConnectionBody::new(vec![named("j89s9yb1osb", "openIssues", vec![])]);
-    let mut clients = Vec::new();
-    for i in 0..3 {
-        let group = format!("bulk{}", i % 2);
-        let mut c = connected(
-            &server.base,
-            params(&group, &format!("c{i}"), None),
-            Some(&init),
-            Some("token"),
-        )
-        .await;
-        let view = view_until_got(&mut c, "j89s9yb1osb").await;
-        assert_eq!(view.ids(), vec!["i1", "i2"], "client {i}");
-        clients.push((c, view));
-    }
+    let mut clients = watching_open_issues(&server, "bulk", 3, 2).await;
     let rebuilds = || async {
         let metrics = reqwest_get(&format!("{}/metrics", server.base)).await;
         gauge(&metrics, "zc_sync_pipeline_rebuilds_total", &db.name)

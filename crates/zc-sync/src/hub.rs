@@ -85,14 +85,29 @@ impl Output {
 const STEP_BACKLOG: usize = 1024;
 
 /// Rows changed between two versions beyond which the hub rebuilds its pipelines at the new
-/// version instead of pushing every change through them (at least this many, and at least
-/// twice the rows the pipelines hold): a rebuild costs about one hydration and holds no
-/// change in memory, where pushing costs and holds every change. zero-cache's view syncers
-/// do the same when an advance would take longer than their hydration did. It bounds the
-/// work and the memory of a step after a bulk change upstream, and when the pipelines fall
-/// behind a write rate they cannot sustain (each step would otherwise span more versions
-/// than the last).
+/// version instead of pushing every change through them: at least this many, and more than
+/// [`rebuild_limit`] weighs a rebuild at. A rebuild costs about one hydration of every
+/// pipeline plus every subscribed group reconciling its CVR with the rebuilt rows, and holds
+/// no change in memory; pushing costs and holds every change. zero-cache's view syncers do
+/// the same when an advance would take longer than their hydration did. It bounds the work
+/// and the memory of a step after a bulk change upstream, and when the pipelines fall behind
+/// a write rate they cannot sustain (each step would otherwise span more versions than the
+/// last).
 const MIN_REBUILD_SPAN: usize = 2048;
+
+/// How many changed rows a step may push before a rebuild is cheaper: twice the rows the
+/// pipelines hold (a changed row costs about what hydrating a row does: lookups in two
+/// snapshots, then the pipeline), plus a sixteenth of the rows their groups hold through
+/// them (a group reconciles a rebuilt row in a small fraction of that).
+fn rebuild_limit(pipelines: &HashMap<Arc<str>, Shared>) -> usize {
+    let (held, by_groups) = pipelines.values().fold((0usize, 0usize), |(h, g), p| {
+        (
+            h.saturating_add(p.held.len()),
+            g.saturating_add(p.held.len().saturating_mul(p.users)),
+        )
+    });
+    MIN_REBUILD_SPAN.max(held.saturating_mul(2).saturating_add(by_groups / 16))
+}
 
 /// A pipeline's rows: id, how many partitions hold it, contents.
 pub(crate) type HeldRows = Vec<(RowId, u32, Arc<Row>)>;
@@ -368,8 +383,7 @@ impl Hub {
         if to <= state.version {
             return Ok(());
         }
-        let held: usize = state.pipelines.values().map(|p| p.held.len()).sum();
-        let limit = MIN_REBUILD_SPAN.max(held.saturating_mul(2));
+        let limit = rebuild_limit(&state.pipelines);
         let shard = self.shard.as_str();
         let advance = diff_bounded(
             state.sources.snapshot(),
