@@ -1431,12 +1431,7 @@ impl Group {
         let at = self.next_version();
         match &step.kind {
             StepKind::Rows { changes, outputs } => {
-                let shard = self.shared.shard_schema();
-                for (table, change) in changes {
-                    if table.schema == shard {
-                        self.meta_change(table, change, meta);
-                    }
-                }
+                self.meta_changes(changes, meta);
                 // The queries on each pipeline that subscribed before this step.
                 let mut by_key: HashMap<Arc<str>, Vec<String>> = HashMap::new();
                 for (hash, sub) in &self.live {
@@ -1485,19 +1480,22 @@ impl Group {
                 self.resolve_adhoc_again();
                 self.rehydrate_all()?;
                 match changes {
-                    Some(changes) => {
-                        let shard = self.shared.shard_schema();
-                        for (table, change) in changes {
-                            if table.schema == shard {
-                                self.meta_change(table, change, meta);
-                            }
-                        }
-                    }
+                    Some(changes) => self.meta_changes(changes, meta),
                     None => *meta = self.full_meta(""),
                 }
             }
         }
         Ok(())
+    }
+
+    /// The changes among `changes` to the shard's `clients` and `mutations` tables.
+    fn meta_changes(&self, changes: &[(TableName, RowChange)], meta: &mut Meta) {
+        let shard = self.shared.shard_schema();
+        for (table, change) in changes {
+            if table.schema == shard {
+                self.meta_change(table, change, meta);
+            }
+        }
     }
 
     /// A change to the shard's `clients` or `mutations` table of this group.

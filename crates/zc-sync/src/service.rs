@@ -29,6 +29,13 @@ pub struct SyncConfig {
     pub upstream_db: Option<String>,
 }
 
+impl SyncConfig {
+    /// The shard schema, `{app}_{shard}`.
+    pub(crate) fn shard_schema(&self) -> String {
+        format!("{}_{}", self.app_id, self.shard_num)
+    }
+}
+
 /// A client's connection, as the transport parsed it.
 #[derive(Debug, Clone, Default)]
 pub struct Connection {
@@ -74,7 +81,7 @@ impl std::fmt::Debug for Shared {
 impl Shared {
     /// The shard schema, `{app}_{shard}`.
     pub(crate) fn shard_schema(&self) -> String {
-        format!("{}_{}", self.config.app_id, self.config.shard_num)
+        self.config.shard_schema()
     }
 
     /// Called by a group actor when it stops.
@@ -135,10 +142,7 @@ impl Syncer {
     pub fn new(config: SyncConfig, replica: Replica, cvr: CvrStore) -> Syncer {
         let forwarder = Forwarder::new(config.endpoints.clone());
         let verifier = Verifier::new(config.auth.clone());
-        let hub = crate::hub::Hub::new(
-            &config.app_id,
-            &format!("{}_{}", config.app_id, config.shard_num),
-        );
+        let hub = crate::hub::Hub::new(&config.app_id, &config.shard_schema());
         let upstream = config.upstream_db.as_deref().and_then(|url| {
             sqlx::postgres::PgPoolOptions::new()
                 .max_connections(4)
