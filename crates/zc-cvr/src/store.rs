@@ -103,90 +103,87 @@ impl CvrStore {
     /// Loads a group's record and takes ownership of it (a new group gets an empty record).
     pub async fn load(&self, group: &str) -> Result<Cvr, Error> {
         let s = &self.schema;
-        let mut conn = self.pool.acquire().await?;
-        let row = sqlx::query(AssertSqlSafe(format!(
-            "INSERT INTO {s}.instances (client_group_id, version, owner) VALUES ($1, '00', $2)
-             ON CONFLICT (client_group_id) DO UPDATE SET owner = $2, last_active = now()
-             RETURNING version, user_id, xmin::text"
+        // One statement (one round trip, one snapshot): the instance row, taken over, then
+        // the group's clients (1), queries (2), desires (3) and live rows (4), each kind
+        // tagged in the first column.
+        let rows = sqlx::query(AssertSqlSafe(format!(
+            "WITH inst AS (
+               INSERT INTO {s}.instances (client_group_id, version, owner) VALUES ($1, '00', $2)
+               ON CONFLICT (client_group_id) DO UPDATE SET owner = $2, last_active = now()
+               RETURNING version, user_id, xmin::text AS xmin)
+             SELECT 0, version, user_id, xmin, NULL::text, NULL::text, NULL::bool,
+               NULL::bool, NULL::float8, NULL::int8 FROM inst
+             UNION ALL SELECT 1, client_id, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL
+               FROM {s}.clients WHERE client_group_id = $1
+             UNION ALL SELECT 2, query_hash, name, args::text, ast::text, patch_version, got,
+               deleted, NULL, NULL FROM {s}.queries WHERE client_group_id = $1
+             UNION ALL SELECT 3, client_id, query_hash, patch_version, NULL, NULL, deleted,
+               NULL, ttl, inactivated_at FROM {s}.desires WHERE client_group_id = $1
+             UNION ALL SELECT 4, table_name, row_key, refs::text, patch_version, NULL, NULL,
+               NULL, NULL, NULL FROM {s}.rows
+               WHERE client_group_id = $1 AND refs <> '{{}}'::jsonb"
         )))
         .bind(group)
         .bind(&self.owner)
-        .fetch_one(&mut *conn)
+        .fetch_all(&self.pool)
         .await?;
         let mut cvr = Cvr::new(group);
-        cvr.version = version(group, row.get::<&str, _>(0))?;
-        cvr.stored_version = Some(cvr.version);
-        cvr.user_id = row.get(1);
-        cvr.stored_xmin = row.get(2);
-        for r in sqlx::query(AssertSqlSafe(format!(
-            "SELECT client_id FROM {s}.clients WHERE client_group_id = $1"
-        )))
-        .bind(group)
-        .fetch_all(&mut *conn)
-        .await?
-        {
-            cvr.clients.insert(r.get(0));
+        let mut instance = false;
+        let json = |t: Option<String>| -> Result<Option<serde_json::Value>, Error> {
+            t.map(|t| serde_json::from_str(&t).map_err(|e| corrupt(group, e.to_string())))
+                .transpose()
+        };
+        for r in rows {
+            match r.get::<i32, _>(0) {
+                0 => {
+                    instance = true;
+                    cvr.version = version(group, r.get::<&str, _>(1))?;
+                    cvr.stored_version = Some(cvr.version);
+                    cvr.user_id = r.get(2);
+                    cvr.stored_xmin = r.get(3);
+                }
+                1 => {
+                    cvr.clients.insert(r.get(1));
+                }
+                2 => {
+                    cvr.queries.insert(
+                        r.get(1),
+                        QueryRecord {
+                            name: r.get(2),
+                            args: json(r.get(3))?,
+                            ast: json(r.get(4))?,
+                            got: r.get(6),
+                            deleted: r.get(7),
+                            patch: version(group, r.get::<&str, _>(5))?,
+                        },
+                    );
+                }
+                3 => {
+                    cvr.desires.insert(
+                        (r.get(1), r.get(2)),
+                        DesireRecord {
+                            ttl: r.get(8),
+                            deleted: r.get(6),
+                            inactivated_at: r.get(9),
+                            patch: version(group, r.get::<&str, _>(3))?,
+                        },
+                    );
+                }
+                _ => {
+                    let refs: BTreeMap<String, u32> = serde_json::from_str(r.get::<&str, _>(3))
+                        .map_err(|e| corrupt(group, e.to_string()))?;
+                    cvr.load_row(
+                        RowId::new(r.get::<String, _>(1), r.get::<String, _>(2)),
+                        RowRecord {
+                            refs: refs.into_iter().collect(),
+                            patch: version(group, r.get::<&str, _>(4))?,
+                        },
+                    );
+                }
+            }
         }
-        for r in sqlx::query(AssertSqlSafe(format!(
-            "SELECT query_hash, name, args::text, ast::text, got, deleted, patch_version
-             FROM {s}.queries WHERE client_group_id = $1"
-        )))
-        .bind(group)
-        .fetch_all(&mut *conn)
-        .await?
-        {
-            let json = |i: usize| -> Result<Option<serde_json::Value>, Error> {
-                r.get::<Option<String>, _>(i)
-                    .map(|t| serde_json::from_str(&t).map_err(|e| corrupt(group, e.to_string())))
-                    .transpose()
-            };
-            cvr.queries.insert(
-                r.get(0),
-                QueryRecord {
-                    name: r.get(1),
-                    args: json(2)?,
-                    ast: json(3)?,
-                    got: r.get(4),
-                    deleted: r.get(5),
-                    patch: version(group, r.get::<&str, _>(6))?,
-                },
-            );
-        }
-        for r in sqlx::query(AssertSqlSafe(format!(
-            "SELECT client_id, query_hash, ttl, deleted, patch_version, inactivated_at
-             FROM {s}.desires WHERE client_group_id = $1"
-        )))
-        .bind(group)
-        .fetch_all(&mut *conn)
-        .await?
-        {
-            cvr.desires.insert(
-                (r.get(0), r.get(1)),
-                DesireRecord {
-                    ttl: r.get(2),
-                    deleted: r.get(3),
-                    inactivated_at: r.get(5),
-                    patch: version(group, r.get::<&str, _>(4))?,
-                },
-            );
-        }
-        for r in sqlx::query(AssertSqlSafe(format!(
-            "SELECT table_name, row_key, refs::text, patch_version
-             FROM {s}.rows WHERE client_group_id = $1 AND refs <> '{{}}'::jsonb"
-        )))
-        .bind(group)
-        .fetch_all(&mut *conn)
-        .await?
-        {
-            let refs: BTreeMap<String, u32> = serde_json::from_str(r.get::<&str, _>(2))
-                .map_err(|e| corrupt(group, e.to_string()))?;
-            cvr.load_row(
-                RowId::new(r.get::<String, _>(0), r.get::<String, _>(1)),
-                RowRecord {
-                    refs: refs.into_iter().collect(),
-                    patch: version(group, r.get::<&str, _>(3))?,
-                },
-            );
+        if !instance {
+            return Err(corrupt(group, "its instance row was not returned"));
         }
         // Tombstones stay in the store; clients at older cookies get them from there.
         cvr.evicted_through = Some(cvr.version);
