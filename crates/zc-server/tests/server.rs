@@ -5,6 +5,8 @@
 //! writes, bad frames, unsupported versions and cookies from the future.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use serde_json::{Value, json};
@@ -32,6 +34,14 @@ fn free_port() -> u16 {
 /// The app's query endpoint, answering with the ASTs the real app server returned in the
 /// captured session (`custom-api-server.jsonl`), for the same names.
 fn spawn_query_endpoint() -> u16 {
+    spawn_counting_query_endpoint().0
+}
+
+/// The app's query endpoint, answering the captured ASTs by name (`Bearer bad` is
+/// refused), with the number of requests it got.
+fn spawn_counting_query_endpoint() -> (u16, Arc<AtomicUsize>) {
+    let requests = Arc::new(AtomicUsize::new(0));
+    let counter = Arc::clone(&requests);
     let text =
         std::fs::read_to_string(format!("{CAPTURES}/custom-api-server.jsonl")).expect("capture");
     let mut asts: BTreeMap<String, Value> = BTreeMap::new();
@@ -52,6 +62,7 @@ fn spawn_query_endpoint() -> u16 {
         .and(warp::header::optional::<String>("authorization"))
         .and(warp::body::json())
         .map(move |auth: Option<String>, body: Value| {
+            counter.fetch_add(1, Ordering::SeqCst);
             if auth.as_deref() == Some("Bearer bad") {
                 return warp::reply::with_status(
                     warp::reply::json(&json!({"error": "unauthorized"})),
@@ -75,7 +86,7 @@ fn spawn_query_endpoint() -> u16 {
     let port = free_port();
     #[allow(clippy::disallowed_methods)]
     tokio::spawn(warp::serve(route).run(([127, 0, 0, 1], port)));
-    port
+    (port, requests)
 }
 
 struct Server {
@@ -656,7 +667,8 @@ async fn a_resumed_group_puts_the_rows_changed_while_it_was_gone() {
 async fn connection_errors_are_the_protocols() {
     let db = TestDb::new().await;
     seed(&db).await;
-    let server = Server::start(&db, spawn_query_endpoint()).await;
+    let (query_port, requests) = spawn_counting_query_endpoint();
+    let server = Server::start(&db, query_port).await;
     let init = InitConnectionBody::new(vec![]);
 
     // A cookie for a group this server has no record of.
@@ -700,6 +712,44 @@ async fn connection_errors_are_the_protocols() {
         Some(Downstream::Error(e)) => assert_eq!(e.kind(), ErrorKind::TransformFailed),
         other => panic!("expected TransformFailed, got {other:?}"),
     }
+
+    // The same token with a named query: refused by the query's transform.
+    let open_issues = InitConnectionBody::new(vec![named("j89s9yb1osb", "openIssues", vec![])]);
+    let mut c = connected(
+        &server.base,
+        params("g2", "c2", None),
+        Some(&open_issues),
+        Some("bad"),
+    )
+    .await;
+    match c.recv().await {
+        Some(Downstream::Error(e)) => assert_eq!(e.kind(), ErrorKind::TransformFailed),
+        other => panic!("expected TransformFailed, got {other:?}"),
+    }
+
+    // A connection costs the app one request: with named queries, their transform (which
+    // also checks its credentials); without, the check alone.
+    let before = requests.load(Ordering::SeqCst);
+    let mut c = connected(
+        &server.base,
+        params("g5", "c5", None),
+        Some(&open_issues),
+        Some("t"),
+    )
+    .await;
+    let view = view_until_got(&mut c, "j89s9yb1osb").await;
+    assert_eq!(view.ids(), vec!["i1", "i2"]);
+    assert_eq!(requests.load(Ordering::SeqCst) - before, 1);
+    let before = requests.load(Ordering::SeqCst);
+    let mut c = connected(
+        &server.base,
+        params("g6", "c6", None),
+        Some(&init),
+        Some("t"),
+    )
+    .await;
+    assert!(c.poke().await.is_some());
+    assert_eq!(requests.load(Ordering::SeqCst) - before, 1);
 
     // A query the app does not know: transformError, and the query is not complete.
     let init = InitConnectionBody::new(vec![named("nope", "notOnServer", vec![])]);

@@ -33,7 +33,7 @@ pub struct Endpoints {
 }
 
 /// What a request carries from the client's connection.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct Credentials {
     /// The auth token.
     pub token: Option<String>,

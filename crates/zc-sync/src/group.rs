@@ -28,11 +28,16 @@ use crate::SnapshotSources;
 use crate::forward::{Credentials, NamedQuery, Transformed};
 use crate::hub::{Output, Step, StepKind, Subscription};
 use crate::permissions::Permissions;
-use crate::service::{Connection, Shared};
+use crate::service::{Connection, Prefetched, Shared};
 
 /// Whether a desired query holds a NUL character anywhere: PostgreSQL's text and jsonb
 /// cannot, so its CVR record could not be stored.
-fn holds_nul(hash: &str, name: Option<&str>, args: Option<&[Json]>, ast: Option<&Ast>) -> bool {
+pub(crate) fn holds_nul(
+    hash: &str,
+    name: Option<&str>,
+    args: Option<&[Json]>,
+    ast: Option<&Ast>,
+) -> bool {
     fn json_holds_nul(v: &Json) -> bool {
         match v {
             Json::String(s) => s.contains('\0'),
@@ -54,6 +59,8 @@ pub(crate) enum GroupMsg {
         conn: Box<Connection>,
         out: mpsc::Sender<Downstream>,
         conn_id: u64,
+        /// The transform of its `initConnection`'s named queries, made on the way here.
+        prefetched: Option<Box<Prefetched>>,
     },
     Upstream {
         client: String,
@@ -115,6 +122,9 @@ pub(crate) struct Group {
     /// The step taken from the channel when the pacing began (after the pause, `advance`
     /// drains the rest, or rejoins if the hub dropped the group).
     held: Option<Arc<Step>>,
+    /// While a connection is handled: the transforms made for it on its way here, by
+    /// query hash, with the credentials they were made with.
+    prefetched: Option<(Credentials, HashMap<String, Transformed>)>,
 }
 
 /// The least time between two pokes of a group for replica changes. Every poke costs each
@@ -216,6 +226,7 @@ impl Group {
             last_poke: None,
             paced_until: None,
             held: None,
+            prefetched: None,
         };
         let mut versions = shared.replica.subscribe();
         // The replica may have moved on since the group registered (or the hub it joined
@@ -315,7 +326,17 @@ impl Group {
 
     async fn handle(&mut self, msg: GroupMsg) {
         let result = match msg {
-            GroupMsg::Connect { conn, out, conn_id } => self.connect(*conn, out, conn_id).await,
+            GroupMsg::Connect {
+                conn,
+                out,
+                conn_id,
+                prefetched,
+            } => {
+                let result = self.connect(*conn, out, conn_id, prefetched).await;
+                // Answers for this connection only.
+                self.prefetched = None;
+                result
+            }
             GroupMsg::Upstream {
                 client,
                 conn_id,
@@ -374,6 +395,7 @@ impl Group {
         conn: Connection,
         out: mpsc::Sender<Downstream>,
         conn_id: u64,
+        prefetched: Option<Box<Prefetched>>,
     ) -> Result<(), ErrorBody> {
         let client = conn.client_id.clone();
         // The cookie must be one this group has been at.
@@ -432,24 +454,35 @@ impl Group {
             self.cvr.user_id.clone_from(&conn.user_id);
         }
         // Legacy JWT mode: the transport verified the token; its claims are `authData`.
-        let auth_data = conn.auth_data.clone();
-        let creds = Credentials {
-            token: conn.auth.clone(),
-            cookie: conn.cookie_header.clone(),
-            origin: conn.origin.clone(),
-            user_id: conn.user_id.clone(),
-            auth_data,
-        };
-        // A new connection's credential is checked by the query endpoint first, as
-        // zero-cache does with an empty transform request.
+        let creds = conn.credentials();
         let check_started = Instant::now();
-        if creds.token.is_some()
-            && !self.shared.verifier.is_jwt()
-            && self.shared.forwarder.has_query_url()
-            && let Err(e) = self.shared.forwarder.transform(&creds, &[]).await
-        {
-            let _ = out.send(Downstream::Error(e)).await;
-            return Ok(());
+        match prefetched.map(|p| *p) {
+            // The transform made on the way here was refused: so is the connection.
+            Some(Prefetched {
+                outcome: Err(e), ..
+            }) => {
+                let _ = out.send(Downstream::Error(e)).await;
+                return Ok(());
+            }
+            // It was accepted, with these credentials: they need no other check.
+            Some(Prefetched {
+                outcome: Ok(answers),
+                creds: made_with,
+            }) => {
+                self.prefetched = Some((made_with, answers.into_iter().collect()));
+            }
+            // A new connection's credential is checked by the query endpoint first, as
+            // zero-cache does with an empty transform request.
+            None => {
+                if creds.token.is_some()
+                    && !self.shared.verifier.is_jwt()
+                    && self.shared.forwarder.has_query_url()
+                    && let Err(e) = self.shared.forwarder.transform(&creds, &[]).await
+                {
+                    let _ = out.send(Downstream::Error(e)).await;
+                    return Ok(());
+                }
+            }
         }
         tracing::trace!(
             group = %self.id,
@@ -1004,8 +1037,17 @@ impl Group {
     ) -> Vec<(String, Result<Ast, ErroredQuery>)> {
         let mut out = Vec::new();
         let mut named = Vec::new();
+        let mut answers = Vec::new();
         for (hash, q) in queries {
             if let Some(name) = &q.name {
+                // Transformed on the connection's way here, with these credentials.
+                if let Some((made_with, prefetched)) = self.prefetched.as_mut()
+                    && made_with == creds
+                    && let Some(answer) = prefetched.remove(hash)
+                {
+                    answers.push((hash.clone(), answer));
+                    continue;
+                }
                 let args = match &q.args {
                     Some(Json::Array(a)) => a.clone(),
                     Some(other) => vec![other.clone()],
@@ -1028,36 +1070,34 @@ impl Group {
                 }
             }
         }
-        if named.is_empty() {
-            return out;
-        }
-        if !self.shared.forwarder.has_query_url() {
-            tracing::warn!(group = %self.id, "named queries need ZERO_QUERY_URL; they stay unresolved");
-            return out;
-        }
-        match self.shared.forwarder.transform(creds, &named).await {
-            Ok(results) => {
-                let mut errors = Vec::new();
-                for (id, t) in results {
-                    match t {
-                        Transformed::Ast(ast) => out.push((id, Ok(*ast))),
-                        Transformed::Error(e) => {
-                            errors.push(e.clone());
-                            out.push((id, Err(e)));
+        if !named.is_empty() {
+            if !self.shared.forwarder.has_query_url() {
+                tracing::warn!(group = %self.id, "named queries need ZERO_QUERY_URL; they stay unresolved");
+            } else {
+                match self.shared.forwarder.transform(creds, &named).await {
+                    Ok(results) => answers.extend(results),
+                    Err(e) => {
+                        if let Some(c) = client {
+                            self.send_error(c, e).await;
                         }
                     }
                 }
-                if !errors.is_empty()
-                    && let Some(c) = client.and_then(|c| self.clients.get(c))
-                {
-                    let _ = c.out.send(Downstream::TransformError(errors)).await;
+            }
+        }
+        let mut errors = Vec::new();
+        for (id, t) in answers {
+            match t {
+                Transformed::Ast(ast) => out.push((id, Ok(*ast))),
+                Transformed::Error(e) => {
+                    errors.push(e.clone());
+                    out.push((id, Err(e)));
                 }
             }
-            Err(e) => {
-                if let Some(c) = client {
-                    self.send_error(c, e).await;
-                }
-            }
+        }
+        if !errors.is_empty()
+            && let Some(c) = client.and_then(|c| self.clients.get(c))
+        {
+            let _ = c.out.send(Downstream::TransformError(errors)).await;
         }
         out
     }

@@ -11,7 +11,7 @@ use zc_protocol::messages::{Downstream, InitConnectionBody, Upstream};
 use zc_replica::Replica;
 
 use crate::auth::{AuthConfig, Verifier};
-use crate::forward::{Endpoints, Forwarder};
+use crate::forward::{Credentials, Endpoints, Forwarder, NamedQuery, Transformed};
 use crate::group::{Group, GroupMsg};
 
 /// What the service needs to know.
@@ -57,6 +57,30 @@ pub struct Connection {
     pub origin: Option<String>,
     /// The verified token's claims (legacy JWT mode; see [`Syncer::verify_token`]).
     pub auth_data: Option<serde_json::Value>,
+}
+
+impl Connection {
+    /// What the app's endpoints get from this connection.
+    pub(crate) fn credentials(&self) -> Credentials {
+        Credentials {
+            token: self.auth.clone(),
+            cookie: self.cookie_header.clone(),
+            origin: self.origin.clone(),
+            user_id: self.user_id.clone(),
+            auth_data: self.auth_data.clone(),
+        }
+    }
+}
+
+/// The transform of the named queries a connection's `initConnection` asks for, made with
+/// the connection's credentials before the connection reaches its group (see
+/// [`Syncer::connect`]).
+#[derive(Debug)]
+pub(crate) struct Prefetched {
+    /// The credentials it was made with: only a resolution with the same ones uses it.
+    pub(crate) creds: Credentials,
+    /// The app's answer: each query's outcome, or why the request failed.
+    pub(crate) outcome: Result<Vec<(String, Transformed)>, zc_protocol::messages::ErrorBody>,
 }
 
 pub(crate) struct Shared {
@@ -165,17 +189,26 @@ impl Syncer {
     }
 
     /// Connects a client: downstream messages for it go to `out`.
+    ///
+    /// A new group's actor starts first, loading its record, while this task asks the
+    /// app's query endpoint to transform the named queries of the connection's
+    /// `initConnection`; the group then takes the answers instead of asking again. That
+    /// request also stands for the credential check zero-cache makes with an empty
+    /// transform on every connection: one request to the app instead of two, and neither
+    /// waits for the record.
     pub async fn connect(&self, conn: Connection, out: mpsc::Sender<Downstream>) -> ClientHandle {
         let conn_id = self.shared.next_conn.fetch_add(1, Ordering::Relaxed);
         let client = conn.client_id.clone();
         let group = conn.client_group_id.clone();
+        let mut tx = self.group(&group);
+        let prefetched = self.prefetch(&conn).await.map(Box::new);
         let mut msg = GroupMsg::Connect {
             conn: Box::new(conn),
             out,
             conn_id,
+            prefetched,
         };
         loop {
-            let tx = self.group(&group);
             match tx.send(msg).await {
                 Ok(()) => {
                     return ClientHandle {
@@ -188,9 +221,52 @@ impl Syncer {
                 Err(mpsc::error::SendError(m)) => {
                     msg = m;
                     self.shared.forget(&group);
+                    tx = self.group(&group);
                 }
             }
         }
+    }
+
+    /// Transforms the named queries `conn`'s `initConnection` puts (none without a query
+    /// endpoint, or without any such query).
+    async fn prefetch(&self, conn: &Connection) -> Option<Prefetched> {
+        if !self.shared.forwarder.has_query_url() {
+            return None;
+        }
+        let named: Vec<NamedQuery> = conn
+            .init
+            .as_ref()?
+            .desired_queries_patch
+            .iter()
+            .filter_map(|op| match op {
+                zc_protocol::messages::UpQueriesPatchOp::Put {
+                    hash,
+                    name: Some(name),
+                    args,
+                    ast,
+                    ..
+                } if !crate::group::holds_nul(
+                    hash,
+                    Some(name),
+                    args.as_deref(),
+                    ast.as_deref(),
+                ) =>
+                {
+                    Some(NamedQuery {
+                        id: hash.clone(),
+                        name: name.clone(),
+                        args: args.clone().unwrap_or_default(),
+                    })
+                }
+                _ => None,
+            })
+            .collect();
+        if named.is_empty() {
+            return None;
+        }
+        let creds = conn.credentials();
+        let outcome = self.shared.forwarder.transform(&creds, &named).await;
+        Some(Prefetched { creds, outcome })
     }
 
     fn group(&self, id: &str) -> mpsc::Sender<GroupMsg> {
