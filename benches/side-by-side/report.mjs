@@ -27,6 +27,7 @@ const FIGURES = [
   ['Replica size at the end of the run', 'replicaEndBytes', fmtBytes, 'lower'],
   ['Hydration, 1 client (connect → complete; median of the samples)', 'hydrationMs', fmtMs, 'lower'],
   ['Hydration, 1 client: server part (connect → last pokeEnd before complete; median)', 'hydrationServerMs', fmtMs, 'lower'],
+  ['Hydration, 1 client: the warm-up ones (client processes compiling; median, not counted)', 'hydrationWarmupMs', fmtMs, 'lower'],
   ['Update latency p50, 1 client', 'latency1.p50Ms', fmtMs, 'lower'],
   ['Update latency p99, 1 client', 'latency1.p99Ms', fmtMs, 'lower'],
   ['Hydration of N clients at once (until all complete)', 'hydrateManyMs', fmtMs, 'lower'],
