@@ -59,7 +59,7 @@ const CFG = {
   clientProcs: num(env.BENCH_CLIENT_PROCS, 2),
   rate: num(env.BENCH_RATE, 5),
   latencySecs: num(env.BENCH_LATENCY_SECS, 30),
-  ramp: list(env.BENCH_RAMP, '25,50,100,150,200,300,400,600,800,1200,1600,2400,3200').map(Number),
+  ramp: list(env.BENCH_RAMP, '25,50,100,150,200,300,400,500,600,800,1000,1200,1600,2000,2400,3200').map(Number),
   rampMany: list(env.BENCH_RAMP_MANY, '1,2,5,10,15,20,25,35,50,75,100,150,200,300').map(Number),
   rampStepSecs: num(env.BENCH_RAMP_STEP_SECS, 10),
   lagLimitMs: num(env.BENCH_LAG_LIMIT_MS, 2000),
