@@ -449,21 +449,41 @@ async fn a_group_without_clients_stops_while_writes_go_on() {
     let (c, view) = connect().await;
     assert_eq!(view.ids(), vec!["i1", "i2"]);
     assert_eq!(groups().await.as_deref(), Some("1"));
+    let cvr = db.pool().await;
+    let version_sql = format!(
+        "SELECT version FROM \"{}_0/zc_cvr\".instances WHERE client_group_id = 'idle-group'",
+        db.name
+    );
+    let stored = || async {
+        sqlx::query_scalar::<_, String>(sqlx::AssertSqlSafe(version_sql.as_str()))
+            .fetch_one(&cvr)
+            .await
+            .expect("the group's stored version")
+    };
     drop(c);
 
-    // Writes every 100 ms; the group must be gone well within 20 s.
+    // Writes every 100 ms; the group must be gone well within 20 s. Until then it follows
+    // them without writing its record for each (once at most, if a write came before the
+    // group saw its client go).
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
     let mut n = 0;
+    let mut versions = std::collections::BTreeSet::new();
     while groups().await.as_deref() != Some("0") {
         assert!(
             tokio::time::Instant::now() < deadline,
             "the group without clients is still running"
         );
+        versions.insert(stored().await);
         n += 1;
         db.exec(&format!("UPDATE issue SET n = {n} WHERE id = 'i2'"))
             .await;
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    assert!(n >= 10, "{n} writes");
+    assert!(versions.len() <= 2, "{versions:?} after {n} writes");
+    // It wrote it when it left.
+    let last_seen = versions.last().cloned().unwrap_or_default();
+    assert!(stored().await > last_seen);
 
     // Back again: a new actor serves the group, with the writes made while it was gone
     // (the last one may still be on its way through replication).

@@ -287,6 +287,11 @@ impl Group {
             }
         }
         rx.close();
+        // What the group followed since its last client left, for the next load to start
+        // from (lost, that load reconciles from the replica's change log instead).
+        if let Err(e) = Box::pin(group.commit()).await {
+            tracing::debug!(group = %group.id, error = ?e, "the leaving group's record was not written");
+        }
         shared.forget(&group.id);
     }
 
@@ -398,6 +403,21 @@ impl Group {
         prefetched: Option<Box<Prefetched>>,
     ) -> Result<(), ErrorBody> {
         let client = conn.client_id.clone();
+        // Connections reach the group after their named queries' transform, so a client's
+        // two connections in quick succession may arrive out of order: the older one is
+        // the one replaced.
+        if self
+            .clients
+            .get(&client)
+            .is_some_and(|c| c.conn_id > conn_id)
+        {
+            let _ = out
+                .send(Downstream::Error(ErrorBody::invalid_connection_request(
+                    "replaced by a newer connection of the same client",
+                )))
+                .await;
+            return Ok(());
+        }
         // The cookie must be one this group has been at.
         let empty = self.cvr.clients.is_empty() && self.cvr.queries.is_empty();
         if empty && conn.base_cookie.as_deref().is_some_and(|c| !c.is_empty()) {
@@ -453,7 +473,7 @@ impl Group {
         if self.cvr.user_id.is_none() {
             self.cvr.user_id.clone_from(&conn.user_id);
         }
-        // Legacy JWT mode: the transport verified the token; its claims are `authData`.
+        // (In legacy JWT mode the transport verified the token; its claims are `authData`.)
         let creds = conn.credentials();
         let check_started = Instant::now();
         match prefetched.map(|p| *p) {
@@ -1438,6 +1458,13 @@ impl Group {
             self.apply_step(&step, &mut meta)?;
         }
         if self.cvr.version == previous {
+            return Ok(());
+        }
+        if self.clients.is_empty() {
+            // No client was sent this version, so none can come back with it: the record
+            // is written when a client connects (before its poke ends) or when the group
+            // leaves, not for every upstream write while the group waits for one.
+            self.cvr.forget_changes_through(self.cvr.version);
             return Ok(());
         }
         self.commit_and_poke(&meta, None).await?;
