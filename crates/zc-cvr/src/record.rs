@@ -236,7 +236,9 @@ pub struct Changes {
 pub(crate) struct Dirty {
     pub(crate) queries: BTreeSet<String>,
     pub(crate) desires: BTreeSet<(String, String)>,
-    pub(crate) rows: BTreeSet<RowId>,
+    /// Each changed row, with whether it was held when it first changed after the last
+    /// write (as the store has it).
+    pub(crate) rows: BTreeMap<RowId, bool>,
     pub(crate) clients: BTreeSet<String>,
 }
 
@@ -309,7 +311,7 @@ impl Cvr {
     /// Drops the stored tombstones among `ids` from memory.
     pub(crate) fn evict_tombstones<'a>(&mut self, ids: impl IntoIterator<Item = &'a RowId>) {
         for id in ids {
-            if self.dirty.rows.contains(id) {
+            if self.dirty.rows.contains_key(id) {
                 continue;
             }
             if let Some(r) = self.rows.get(id)
@@ -318,6 +320,18 @@ impl Cvr {
                 let patch = r.patch;
                 self.rows.remove(id);
                 self.evicted_through = self.evicted_through.max(Some(patch));
+            }
+        }
+    }
+
+    /// Drops from memory the tombstones among `ids` that were never written: rows that
+    /// came and went between two writes (no client was sent them).
+    pub(crate) fn drop_unwritten_tombstones(&mut self, ids: &[RowId]) {
+        for id in ids {
+            if !self.dirty.rows.contains_key(id)
+                && self.rows.get(id).is_some_and(|r| r.refs.is_empty())
+            {
+                self.rows.remove(id);
             }
         }
     }
@@ -441,8 +455,9 @@ impl Cvr {
             refs: Refs::default(),
             patch: at,
         });
-        if record.patch != at || !self.dirty.rows.contains(id) {
-            self.recent.push((at, id.clone(), !record.refs.is_empty()));
+        let held = !record.refs.is_empty();
+        if record.patch != at || !self.dirty.rows.contains_key(id) {
+            self.recent.push((at, id.clone(), held));
         }
         let count = i64::from(record.refs.get(hash).copied().unwrap_or(0)) + delta;
         if count <= 0 {
@@ -462,18 +477,19 @@ impl Cvr {
                 .set(hash, u32::try_from(count).unwrap_or(u32::MAX), shared);
         }
         record.patch = at;
-        self.dirty.rows.insert(id.clone());
+        self.dirty.rows.entry(id.clone()).or_insert(held);
         !record.refs.is_empty()
     }
 
     /// Notes that a held row's contents changed.
     pub fn touch_row(&mut self, id: &RowId, at: CvrVersion) {
         if let Some(r) = self.rows.get_mut(id) {
-            if r.patch != at || !self.dirty.rows.contains(id) {
-                self.recent.push((at, id.clone(), !r.refs.is_empty()));
+            let held = !r.refs.is_empty();
+            if r.patch != at || !self.dirty.rows.contains_key(id) {
+                self.recent.push((at, id.clone(), held));
             }
             r.patch = at;
-            self.dirty.rows.insert(id.clone());
+            self.dirty.rows.entry(id.clone()).or_insert(held);
         }
     }
 

@@ -269,8 +269,19 @@ impl CvrStore {
                 });
             }
         }
-        for id in &dirty.rows {
+        // A row that was not held at the last write and is not held now came and went in
+        // between: no client was sent it (clients are poked only after a write), and the
+        // store has no live record of it to delete. Under a write rate the pipelines barely
+        // follow, most changed rows are such (an issue enters a 100-issue window and
+        // leaves it again within one flush), and writing a tombstone for each made a flush
+        // take ~100 ms for one group at 2,400 writes/s.
+        let mut unwritten = Vec::new();
+        for (id, &held_before) in &dirty.rows {
             if let Some(r) = cvr.rows.get(id) {
+                if !held_before && r.refs.is_empty() {
+                    unwritten.push(id.clone());
+                    continue;
+                }
                 flush.rows.push(RowColumn {
                     table: id.table.to_string(),
                     key: id.key.to_string(),
@@ -307,7 +318,8 @@ impl CvrStore {
         };
         cvr.stored_version = Some(cvr.version);
         cvr.stored_xmin = Some(xmin);
-        cvr.evict_tombstones(&dirty.rows);
+        cvr.drop_unwritten_tombstones(&unwritten);
+        cvr.evict_tombstones(dirty.rows.keys());
         Ok(())
     }
 }

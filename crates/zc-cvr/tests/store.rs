@@ -130,6 +130,36 @@ async fn records_round_trip_and_catch_up_from_a_cookie() {
     assert_eq!(fresh.rows, vec![(row("a"), true)]);
     assert_eq!(fresh.got, vec![("q1".to_string(), true)]);
     assert_eq!(fresh.desires.len(), 1);
+
+    // Between two writes, c comes and goes (no client can have it) while a, stored live,
+    // goes: only a's tombstone is written, and neither stays in memory.
+    let v5 = v4.advance_to(Lsn(400));
+    cvr.version = v5;
+    assert!(cvr.adjust_row(&row("c"), "q1", 1, v5));
+    let v6 = v5.advance_to(Lsn(500));
+    cvr.version = v6;
+    assert!(!cvr.adjust_row(&row("c"), "q1", -1, v6));
+    assert!(!cvr.adjust_row(&row("a"), "q1", -1, v6));
+    store.flush(&mut cvr).await.expect("flush");
+    let stored: Vec<(String, String)> = sqlx::query_as(
+        r#"SELECT row_key, refs::text FROM "zero_0/zc_cvr".rows
+           WHERE client_group_id = 'g1' ORDER BY row_key"#,
+    )
+    .fetch_all(&db.pool().await)
+    .await
+    .expect("stored rows");
+    assert_eq!(
+        stored,
+        vec![
+            (row("a").key.to_string(), "{}".to_string()),
+            (row("b").key.to_string(), r#"{"q1": 1}"#.to_string()),
+        ]
+    );
+    assert!(!cvr.rows.contains_key(&row("a")) && !cvr.rows.contains_key(&row("c")));
+    let since_v4 = store.changes_since(&cvr, Some(v4)).await.expect("changes");
+    assert_eq!(since_v4.rows, vec![(row("a"), false)]);
+    let reloaded = store.load("g1").await.expect("reload");
+    assert_eq!(reloaded.rows, cvr.rows);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
