@@ -308,9 +308,12 @@ impl Cvr {
         matches!((since, self.evicted_through), (Some(s), Some(e)) if s < e)
     }
 
-    /// Drops the stored tombstones among `ids` from memory.
-    pub(crate) fn evict_tombstones<'a>(&mut self, ids: impl IntoIterator<Item = &'a RowId>) {
-        for id in ids {
+    /// Drops from memory the tombstones among the rows just written (`written`: each with
+    /// whether it was held at the write before). A stored one is then only in the store;
+    /// one that was never stored (the row came and went between the two writes, so no
+    /// client was sent it) is gone.
+    pub(crate) fn evict_tombstones(&mut self, written: &BTreeMap<RowId, bool>) {
+        for (id, &held_before) in written {
             if self.dirty.rows.contains_key(id) {
                 continue;
             }
@@ -319,19 +322,9 @@ impl Cvr {
             {
                 let patch = r.patch;
                 self.rows.remove(id);
-                self.evicted_through = self.evicted_through.max(Some(patch));
-            }
-        }
-    }
-
-    /// Drops from memory the tombstones among `ids` that were never written: rows that
-    /// came and went between two writes (no client was sent them).
-    pub(crate) fn drop_unwritten_tombstones(&mut self, ids: &[RowId]) {
-        for id in ids {
-            if !self.dirty.rows.contains_key(id)
-                && self.rows.get(id).is_some_and(|r| r.refs.is_empty())
-            {
-                self.rows.remove(id);
+                if held_before {
+                    self.evicted_through = self.evicted_through.max(Some(patch));
+                }
             }
         }
     }

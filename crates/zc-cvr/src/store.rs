@@ -275,11 +275,9 @@ impl CvrStore {
         // follow, most changed rows are such (an issue enters a 100-issue window and
         // leaves it again within one flush), and writing a tombstone for each made a flush
         // take ~100 ms for one group at 2,400 writes/s.
-        let mut unwritten = Vec::new();
         for (id, &held_before) in &dirty.rows {
             if let Some(r) = cvr.rows.get(id) {
                 if !held_before && r.refs.is_empty() {
-                    unwritten.push(id.clone());
                     continue;
                 }
                 flush.rows.push(RowColumn {
@@ -318,8 +316,7 @@ impl CvrStore {
         };
         cvr.stored_version = Some(cvr.version);
         cvr.stored_xmin = Some(xmin);
-        cvr.drop_unwritten_tombstones(&unwritten);
-        cvr.evict_tombstones(dirty.rows.keys());
+        cvr.evict_tombstones(&dirty.rows);
         Ok(())
     }
 }

@@ -41,31 +41,24 @@ pub fn diff_bounded(
     limit: usize,
     keep: impl Fn(&TableName) -> bool,
 ) -> Result<Advance, Error> {
+    // One pass: the entries up to the limit; past it, only the kept tables' ones.
     let mut entries = Vec::new();
-    let mut over = false;
-    new.scan_changes(from, to, |entry| {
-        if entries.len() < limit {
-            entries.push(entry);
-            true
-        } else {
-            over = true;
-            false
-        }
-    })?;
-    if !over {
-        return rows_of(old, new, entries);
-    }
-    drop(entries);
     let mut changed = 0usize;
-    let mut kept = Vec::new();
     new.scan_changes(from, to, |entry| {
         changed += 1;
-        if keep(&entry.table) {
-            kept.push(entry);
+        if changed == limit.saturating_add(1) {
+            entries.retain(|e: &ChangeLogEntry| keep(&e.table));
+            entries.shrink_to_fit();
+        }
+        if changed <= limit || keep(&entry.table) {
+            entries.push(entry);
         }
         true
     })?;
-    let kept = match rows_of(old, new, kept)? {
+    if changed <= limit {
+        return rows_of(old, new, entries);
+    }
+    let kept = match rows_of(old, new, entries)? {
         Advance::Rows(rows) => Some(rows),
         Advance::Reset | Advance::TooMany { .. } => None,
     };
