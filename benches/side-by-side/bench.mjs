@@ -307,6 +307,8 @@ class ClientProcs {
       loopDelayP99Ms: Math.round(Math.max(...all.map(s => s.loopDelayP99Ms)) * 10) / 10,
       loopDelayMaxMs: Math.round(Math.max(...all.map(s => s.loopDelayMaxMs)) * 10) / 10,
       cpuFractionMax: Math.round(Math.max(...all.map(s => s.cpuFraction)) * 100) / 100,
+      // Summed over the client processes.
+      cpuMs: Math.round(all.reduce((sum, s) => sum + (s.cpuMs ?? 0), 0)),
     };
   }
 
@@ -807,8 +809,19 @@ async function runServer(admin, kind, size, seed) {
     r.pssBeforeManyBytes = beforeMany.pss;
     const many = Array.from({length: CFG.clients}, () => nextKey++);
     await step(r, `hydrate ${CFG.clients} clients`, async () => {
+      // Whose CPU the hydrations took (the machine's cores are shared by all of them).
+      await ctx.clients.stats(); // reset
+      const cpu0 = {server: srv.sampler.cpuMs(), pg: treeCpuWithReapedMs(pgPostmaster), api: treeCpuWithReapedMs(api.pid)};
       const t0 = now();
       const hs = await ctx.clients.open(many.map(k => specOf(kind, size, k)), ctx.cacheURL, hydrateMs);
+      const client = await ctx.clients.stats();
+      r.hydrateManyCpuMs = {
+        server: round(srv.sampler.cpuMs() - cpu0.server),
+        postgres: round(treeCpuWithReapedMs(pgPostmaster) - cpu0.pg),
+        appServer: round(treeCpuWithReapedMs(api.pid) - cpu0.api),
+        clients: client.cpuMs,
+        wallMs: round(now() - t0),
+      };
       const done = hs.filter(h => h.tComplete !== undefined);
       const each = summarize(done.map(h => h.tComplete - h.tStart));
       r.hydrateManyMs = done.length === hs.length ? round(Math.max(...done.map(h => h.tComplete)) - t0) : null;

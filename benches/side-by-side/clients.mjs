@@ -279,6 +279,7 @@ function stats() {
     loopDelayP99Ms: loopDelay.percentile(99) / 1e6,
     loopDelayMaxMs: loopDelay.max / 1e6,
     cpuFraction: wallMs > 0 ? (cpu.user + cpu.system) / 1000 / wallMs : 0,
+    cpuMs: (cpu.user + cpu.system) / 1000,
     rssBytes: process.memoryUsage.rss(),
     clients: clients.size,
   };
