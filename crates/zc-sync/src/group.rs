@@ -275,7 +275,15 @@ impl Group {
                 }
                 _ = tokio::time::sleep_until(leave_at.unwrap_or_else(Instant::now).into()),
                     if leave_at.is_some() => {
-                    // Idle: leave; the service starts a new actor on the next connect.
+                    // Idle: leave; the service starts a new actor on the next connect. What
+                    // the group followed since its last client left is written before it
+                    // stops taking messages: a connection that finds it closed starts a new
+                    // actor at once, whose load must not read the record from before (a
+                    // client whose cookie equals that older version would never be sent
+                    // what changed since, such as its last mutation id).
+                    if let Err(e) = Box::pin(group.commit()).await {
+                        tracing::debug!(group = %group.id, error = ?e, "the leaving group's record was not written");
+                    }
                     rx.close();
                     while let Ok(msg) = rx.try_recv() {
                         Box::pin(group.handle(msg)).await;
@@ -287,8 +295,9 @@ impl Group {
             }
         }
         rx.close();
-        // What the group followed since its last client left, for the next load to start
-        // from (lost, that load reconciles from the replica's change log instead).
+        // What is still unwritten when the group stops another way than by leaving (the
+        // replica closed, say), for the next load to start from (lost, that load
+        // reconciles from the replica's change log instead).
         if let Err(e) = Box::pin(group.commit()).await {
             tracing::debug!(group = %group.id, error = ?e, "the leaving group's record was not written");
         }
