@@ -281,9 +281,7 @@ impl Group {
                     // actor at once, whose load must not read the record from before (a
                     // client whose cookie equals that older version would never be sent
                     // what changed since, such as its last mutation id).
-                    if let Err(e) = Box::pin(group.commit()).await {
-                        tracing::debug!(group = %group.id, error = ?e, "the leaving group's record was not written");
-                    }
+                    Box::pin(group.commit_on_leaving()).await;
                     rx.close();
                     while let Ok(msg) = rx.try_recv() {
                         Box::pin(group.handle(msg)).await;
@@ -298,10 +296,16 @@ impl Group {
         // What is still unwritten when the group stops another way than by leaving (the
         // replica closed, say), for the next load to start from (lost, that load
         // reconciles from the replica's change log instead).
-        if let Err(e) = Box::pin(group.commit()).await {
-            tracing::debug!(group = %group.id, error = ?e, "the leaving group's record was not written");
-        }
+        Box::pin(group.commit_on_leaving()).await;
         shared.forget(&group.id);
+    }
+
+    /// Writes the record on the group's way out; a failure is only logged (the next load
+    /// reconciles from the replica's change log).
+    async fn commit_on_leaving(&mut self) {
+        if let Err(e) = self.commit().await {
+            tracing::debug!(group = %self.id, error = ?e, "the leaving group's record was not written");
+        }
     }
 
     /// Starts a pause before the next poke if the last one was less than [`POKE_PACE`]
