@@ -282,6 +282,15 @@ impl Group {
                     // client whose cookie equals that older version would never be sent
                     // what changed since, such as its last mutation id).
                     Box::pin(group.commit_on_leaving()).await;
+                    // What arrived while the record was written (a connection, say) is
+                    // handled before the inbox closes: a client connected after the close
+                    // would be left with a group that takes no more of its messages.
+                    while let Ok(msg) = rx.try_recv() {
+                        Box::pin(group.handle(msg)).await;
+                    }
+                    if !group.clients.is_empty() {
+                        continue;
+                    }
                     rx.close();
                     while let Ok(msg) = rx.try_recv() {
                         Box::pin(group.handle(msg)).await;
