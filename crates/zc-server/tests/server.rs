@@ -720,7 +720,9 @@ async fn connection_errors_are_the_protocols() {
         other => panic!("expected a base cookie error, got {other:?}"),
     }
 
-    // A token the app refuses: TransformFailed with the HTTP status.
+    // A token the app refuses: TransformFailed with the HTTP status. The app answers
+    // within milliseconds, but the error is held until the 1.9.0 client has finished
+    // handling `connected` (it would otherwise end in its `error` state, not `needs-auth`).
     let mut c = connected(
         &server.base,
         params("g2", "c2", None),
@@ -728,10 +730,16 @@ async fn connection_errors_are_the_protocols() {
         Some("bad"),
     )
     .await;
+    let got_connected = std::time::Instant::now();
     match c.recv().await {
         Some(Downstream::Error(e)) => assert_eq!(e.kind(), ErrorKind::TransformFailed),
         other => panic!("expected TransformFailed, got {other:?}"),
     }
+    let held = got_connected.elapsed();
+    assert!(
+        held >= std::time::Duration::from_millis(200),
+        "the error came {held:?} after connected"
+    );
 
     // The same token with a named query: refused by the query's transform.
     let open_issues = InitConnectionBody::new(vec![named("j89s9yb1osb", "openIssues", vec![])]);

@@ -29,6 +29,19 @@ use zc_sync::{Connection, Syncer};
 /// The most queued messages written to a socket before it is flushed.
 const MAX_FED: usize = 64;
 
+/// How long after `connected` an error that ends the connection is held back.
+///
+/// The 1.9.0 client handles `connected` in two halves around an await (it reads its
+/// desired queries from its store). An error that arrives in between is handled first:
+/// the client disconnects and moves to `needs-auth` or `error`, and then the second half
+/// of the `connected` handling sets its state back to `connected`, with no socket. Its
+/// next ping then fails an assertion and the client stops in the `error` state, where
+/// only the app can restart it (a refused token never reaches `needs-auth`). With the
+/// desired queries in the connect header, zc can refuse a token (or a cookie) within a
+/// millisecond of `connected`, so such an error waits until the client has had time to
+/// finish. Errors later in a connection's life are not delayed.
+const ERROR_GRACE_AFTER_CONNECTED: Duration = Duration::from_millis(250);
+
 mod upgrade;
 
 use upgrade::Socket;
@@ -196,6 +209,7 @@ async fn session(
     if !send(&mut socket, &connected).await {
         return;
     }
+    let connected_at = tokio::time::Instant::now();
     // Without the header, initConnection is the first message.
     if init.is_none() {
         let first = tokio::time::timeout(Duration::from_secs(60), socket.next()).await;
@@ -261,6 +275,15 @@ async fn session(
                     },
                     _ => None,
                 };
+                if close.is_some() {
+                    let hold_until = connected_at + ERROR_GRACE_AFTER_CONNECTED;
+                    if tokio::time::Instant::now() < hold_until {
+                        if sink.flush().await.is_err() {
+                            break 'connection;
+                        }
+                        tokio::time::sleep_until(hold_until).await;
+                    }
+                }
                 if sink.feed(Message::text(msg.to_json())).await.is_err() {
                     break 'connection;
                 }
