@@ -612,8 +612,9 @@ async fn apply_from_cookie(
 }
 
 /// A client that comes back with its cookie to a group whose actor had stopped gets the
-/// rows its queries hold that changed upstream meanwhile: the new actor resumes from the
-/// CVR and looks up each held row's last change in the replica.
+/// rows its queries hold that changed upstream meanwhile, and the group's last mutation
+/// ids: the new actor resumes from the CVR and looks up each held row's (and each of the
+/// group's client rows') last change in the replica.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_resumed_group_puts_the_rows_changed_while_it_was_gone() {
     let db = TestDb::new().await;
@@ -679,6 +680,52 @@ async fn a_resumed_group_puts_the_rows_changed_while_it_was_gone() {
     let mut c = client("c3", Some(cookie.clone())).await;
     apply_from_cookie(&mut c, &mut view, &mut cookie, extended).await;
     assert_eq!(view.ids(), vec!["i1", "i2"]);
+
+    // A client that takes the group's latest version, and leaves with it.
+    drop(c);
+    until_groups(&server.base, &db.name, "1").await;
+    let mut c = client("c4", Some(cookie.clone())).await;
+    let poke = tokio::time::timeout(Duration::from_secs(10), c.poke())
+        .await
+        .ok()
+        .flatten()
+        .expect("a connect poke");
+    view.apply(&poke);
+    cookie.clone_from(&poke.end.cookie);
+
+    // Gone again, and a mutation of c4 commits upstream, changing no row the group holds
+    // (an app's transaction that replicates after the group left; written here by hand).
+    // When c4 comes back with the record's cookie, it is sent its last mutation id.
+    // The watcher's own client row, in the same transaction, shows when the replica has it.
+    drop(c);
+    until_groups(&server.base, &db.name, "1").await;
+    db.exec(&format!(
+        r#"INSERT INTO "{}_0".clients ("clientGroupID", "clientID", "lastMutationID")
+           VALUES ('resumed', 'c4', 7), ('watcher', 'w1', 3)"#,
+        db.name
+    ))
+    .await;
+    let lmid = |poke: &zc_testkit::client::Poke, client: &str| {
+        poke.parts.iter().find_map(|p| {
+            p.last_mutation_id_changes
+                .as_ref()
+                .and_then(|m| m.get(client).copied())
+        })
+    };
+    loop {
+        let poke = other.poke().await.expect("poke of the watcher");
+        if lmid(&poke, "w1") == Some(3) {
+            break;
+        }
+    }
+    let mut c = client("c4", Some(cookie.clone())).await;
+    let poke = tokio::time::timeout(Duration::from_secs(10), c.poke())
+        .await
+        .ok()
+        .flatten()
+        .expect("a connect poke");
+    assert_eq!(poke.start.base_cookie.as_deref(), Some(cookie.as_str()));
+    assert_eq!(lmid(&poke, "c4"), Some(7), "{poke:?}");
     drop((c, other));
     server.stop().await;
 }

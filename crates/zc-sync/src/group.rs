@@ -292,12 +292,22 @@ impl Group {
                         continue;
                     }
                     rx.close();
+                    // A connection that reached the inbox between the look above and the
+                    // close is told to connect again (to a new actor): this one takes no
+                    // more of its messages.
                     while let Ok(msg) = rx.try_recv() {
-                        Box::pin(group.handle(msg)).await;
+                        match msg {
+                            GroupMsg::Connect { out, .. } => {
+                                let _ = out
+                                    .send(Downstream::Error(
+                                        crate::ClientHandle::group_stopped(),
+                                    ))
+                                    .await;
+                            }
+                            other => Box::pin(group.handle(other)).await,
+                        }
                     }
-                    if group.clients.is_empty() {
-                        break;
-                    }
+                    break;
                 }
             }
         }
@@ -1042,6 +1052,12 @@ impl Group {
                 self.cvr.touch_row(&id, at);
                 changed = true;
             }
+            // The group's last mutation ids and mutation results that changed meanwhile
+            // (a mutation's commit that replicated after the group had left): the version
+            // moves on, so that a client whose cookie is the record's version is sent them.
+            if !changed && self.meta_changed_since(since)? {
+                changed = true;
+            }
         }
         // Rows the CVR holds that no live query produced any more are released above; rows
         // without a value (queries that could not be resumed) are dropped from the record.
@@ -1067,6 +1083,50 @@ impl Group {
             self.cvr.version = at;
         }
         Ok(())
+    }
+
+    /// Whether a row of this group in the shard's `clients` or `mutations` table changed in
+    /// the replica after `since` (one change log lookup per row of the group).
+    fn meta_changed_since(&self, since: Lsn) -> Result<bool, ErrorBody> {
+        let shard = self.shared.shard_schema();
+        let snapshot = self.sources.snapshot();
+        let read = |e: &dyn std::fmt::Display| ErrorBody::internal(format!("replica: {e}"));
+        for table in [format!("{shard}.clients"), format!("{shard}.mutations")] {
+            let Some(src) = self.sources.source(&table) else {
+                continue;
+            };
+            let spec = src.spec();
+            let Some(g) = spec.columns.iter().position(|c| c.name == "clientGroupID") else {
+                continue;
+            };
+            let after = |key: &[Value]| {
+                snapshot
+                    .last_change(&spec.name, key)
+                    .map(|v| v.is_some_and(|v| v > since))
+                    .map_err(|e| read(&e))
+            };
+            if after(&[])? {
+                return Ok(true);
+            }
+            let rows = src
+                .scan(&ScanRequest {
+                    constraint: &[(g, Value::Text(self.id.clone()))],
+                    ..ScanRequest::default()
+                })
+                .map_err(|e| read(&e))?;
+            for row in rows {
+                let row = row.map_err(|e| read(&e))?;
+                let key: Vec<Value> = spec
+                    .key
+                    .iter()
+                    .map(|&k| row.get(k).cloned().unwrap_or(Value::Null))
+                    .collect();
+                if after(&key)? {
+                    return Ok(true);
+                }
+            }
+        }
+        Ok(false)
     }
 
     /// Turns desired queries into ASTs: ad-hoc ASTs as they are, named ones through the

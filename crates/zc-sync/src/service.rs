@@ -152,6 +152,21 @@ impl ClientHandle {
     }
 }
 
+impl ClientHandle {
+    /// The error for a client whose group stopped under it (the actor left as the client
+    /// arrived): `Rebalance`, which the 1.9.0 client answers by connecting again after at
+    /// most 100 ms, to a new actor. (An `Internal` error would stop it until the app
+    /// reconnects it by hand.)
+    pub fn group_stopped() -> zc_protocol::messages::ErrorBody {
+        zc_protocol::messages::ErrorBody::backoff(
+            zc_protocol::messages::BackoffErrorKind::Rebalance,
+            "the client group stopped on this server; connect again",
+            None,
+            Some(100),
+        )
+    }
+}
+
 impl Drop for ClientHandle {
     fn drop(&mut self) {
         let _ = self.tx.try_send(GroupMsg::Disconnect {

@@ -326,7 +326,7 @@ async fn session(
                     Ok(msg) => {
                         if !handle.send(msg).await {
                             let _ = out_tx
-                                .send(Downstream::Error(ErrorBody::internal("client group stopped")))
+                                .send(Downstream::Error(zc_sync::ClientHandle::group_stopped()))
                                 .await;
                             break;
                         }
