@@ -330,11 +330,20 @@ impl IndexBuilds {
         let file = File::create(&path).map_err(|e| io_error(&path, e))?;
         let mut out = BufWriter::with_capacity(RUN_READ_BUFFER, file);
         build.sort_pending(&mut self.scratch);
+        // Each entry as the length of the prefix it shares with the one before, the length
+        // of the rest, and the rest: sorted neighbours share much (an index's column values,
+        // the key's leading characters), and the run is written and read back whole.
+        let mut prev: &[u8] = &[];
+        let mut head = Vec::with_capacity(20);
         for key in build.spans.iter().map(|&s| span(&build.bytes, s)) {
-            let len = u32::try_from(key.len()).map_err(|_| Error::State("index build"))?;
-            out.write_all(&len.to_le_bytes())
-                .and_then(|()| out.write_all(key))
+            let shared = prev.iter().zip(key).take_while(|(a, b)| a == b).count();
+            head.clear();
+            put_varint(&mut head, shared as u64);
+            put_varint(&mut head, (key.len() - shared) as u64);
+            out.write_all(&head)
+                .and_then(|()| out.write_all(key.get(shared..).unwrap_or_default()))
                 .map_err(|e| io_error(&path, e))?;
+            prev = key;
         }
         out.flush().map_err(|e| io_error(&path, e))?;
         self.pending_bytes -= build.memory();
@@ -541,7 +550,11 @@ impl Merge {
             // open too.
             runs: paths
                 .into_iter()
-                .map(|path| Run { path, reader: None })
+                .map(|path| Run {
+                    path,
+                    reader: None,
+                    prev: Vec::new(),
+                })
                 .collect(),
             heap: BinaryHeap::new(),
             bytes,
@@ -651,6 +664,8 @@ impl Drop for Merge {
 struct Run {
     path: PathBuf,
     reader: Option<BufReader<File>>,
+    /// The entry read last (the next one is written as what it shares with it, and the rest).
+    prev: Vec<u8>,
 }
 
 impl Run {
@@ -665,19 +680,60 @@ impl Run {
         let Some(reader) = self.reader.as_mut() else {
             return Ok(false);
         };
-        let mut len = [0u8; 4];
-        match reader.read_exact(&mut len) {
-            Ok(()) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(false),
-            Err(e) => return Err(io_error(&self.path, e)),
-        }
-        key.clear();
-        key.resize(u32::from_le_bytes(len) as usize, 0);
-        reader
-            .read_exact(key)
+        let Some(shared) = get_varint(reader).map_err(|e| io_error(&self.path, e))? else {
+            return Ok(false);
+        };
+        let rest = get_varint(reader)
+            .and_then(|r| r.ok_or_else(|| std::io::ErrorKind::UnexpectedEof.into()))
             .map_err(|e| io_error(&self.path, e))?;
+        let (Ok(shared), Ok(rest)) = (usize::try_from(shared), usize::try_from(rest)) else {
+            return Err(Error::State("index build run"));
+        };
+        let Some(prefix) = self.prev.get(..shared) else {
+            return Err(Error::State("index build run"));
+        };
+        key.clear();
+        key.extend_from_slice(prefix);
+        key.resize(shared + rest, 0);
+        reader
+            .read_exact(&mut key[shared..])
+            .map_err(|e| io_error(&self.path, e))?;
+        self.prev.clear();
+        self.prev.extend_from_slice(key);
         Ok(true)
     }
+}
+
+/// Appends `n` as a LEB128 varint (7 bits a byte, low first).
+fn put_varint(out: &mut Vec<u8>, mut n: u64) {
+    while n >= 0x80 {
+        out.push((n as u8 & 0x7f) | 0x80);
+        n >>= 7;
+    }
+    out.push(n as u8);
+}
+
+/// Reads a LEB128 varint; `None` at the end of the input before its first byte.
+fn get_varint(reader: &mut impl Read) -> std::io::Result<Option<u64>> {
+    let mut n = 0u64;
+    for i in 0..10 {
+        let mut b = [0u8; 1];
+        match reader.read_exact(&mut b) {
+            Ok(()) => {}
+            Err(e) if i == 0 && e.kind() == std::io::ErrorKind::UnexpectedEof => {
+                return Ok(None);
+            }
+            Err(e) => return Err(e),
+        }
+        n |= u64::from(b[0] & 0x7f) << (7 * i);
+        if b[0] & 0x80 == 0 {
+            return Ok(Some(n));
+        }
+    }
+    Err(std::io::Error::new(
+        std::io::ErrorKind::InvalidData,
+        "varint longer than 10 bytes",
+    ))
 }
 
 fn io_error(path: &Path, source: std::io::Error) -> Error {
@@ -784,6 +840,34 @@ mod tests {
         assert_eq!(stored(&db), expected.into_iter().collect::<Vec<_>>());
         assert!(!build_dir.exists(), "run files are removed");
         assert!(builds.is_empty());
+    }
+
+    /// Run files write lengths as varints: every boundary of their 7-bit groups reads back,
+    /// the end of a file before a varint is the end of the run, and a cut one is an error.
+    #[test]
+    fn varints_read_back() {
+        let values = [
+            0,
+            1,
+            127,
+            128,
+            255,
+            16_383,
+            16_384,
+            u64::from(u32::MAX),
+            u64::MAX,
+        ];
+        let mut buf = Vec::new();
+        for &v in &values {
+            put_varint(&mut buf, v);
+        }
+        let mut reader = buf.as_slice();
+        for &v in &values {
+            assert_eq!(get_varint(&mut reader).expect("read"), Some(v));
+        }
+        assert_eq!(get_varint(&mut reader).expect("end"), None);
+        let mut cut: &[u8] = &[0x80];
+        assert!(get_varint(&mut cut).is_err());
     }
 
     /// The sort by the numbers after the shared prefix orders entries as comparing them
