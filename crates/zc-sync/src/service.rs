@@ -150,9 +150,7 @@ impl ClientHandle {
             .await
             .is_ok()
     }
-}
 
-impl ClientHandle {
     /// The error for a client whose group stopped under it (the actor left as the client
     /// arrived): `Rebalance`, which the 1.9.0 client answers by connecting again after at
     /// most 100 ms, to a new actor. (An `Internal` error would stop it until the app
