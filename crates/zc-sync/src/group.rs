@@ -155,6 +155,14 @@ fn expiry_wait(at: Option<i64>) -> Duration {
     Duration::from_millis(u64::try_from(wait.max(0)).unwrap_or(0) + 5)
 }
 
+/// A row's primary key values, in the table's key order.
+fn key_of(spec: &zc_types::TableSpec, row: &[Value]) -> Vec<Value> {
+    spec.key
+        .iter()
+        .map(|&k| row.get(k).cloned().unwrap_or(Value::Null))
+        .collect()
+}
+
 fn now_ms() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -1015,13 +1023,8 @@ impl Group {
         // adjusted are put to the clients anyway.
         if self.version > self.cvr.version.state {
             let since = self.cvr.version.state;
-            let snapshot = self.sources.snapshot();
-            let changed_since = |table: &TableName, key: &[Value]| {
-                snapshot
-                    .last_change(table, key)
-                    .map(|v| v.is_some_and(|v| v > since))
-                    .map_err(|e| ErrorBody::internal(format!("replica: {e}")))
-            };
+            let changed_since =
+                |table: &TableName, key: &[Value]| self.changed_after(table, key, since);
             let mut whole_table: HashMap<&str, bool> = HashMap::new();
             let mut touched = Vec::new();
             for (id, row) in &self.values {
@@ -1039,12 +1042,7 @@ impl Group {
                         all
                     }
                 };
-                let key: Vec<Value> = spec
-                    .key
-                    .iter()
-                    .map(|&k| row.get(k).cloned().unwrap_or(Value::Null))
-                    .collect();
-                if all || changed_since(&spec.name, &key)? {
+                if all || changed_since(&spec.name, &key_of(spec, row))? {
                     touched.push(id.clone());
                 }
             }
@@ -1089,7 +1087,6 @@ impl Group {
     /// the replica after `since` (one change log lookup per row of the group).
     fn meta_changed_since(&self, since: Lsn) -> Result<bool, ErrorBody> {
         let shard = self.shared.shard_schema();
-        let snapshot = self.sources.snapshot();
         let read = |e: &dyn std::fmt::Display| ErrorBody::internal(format!("replica: {e}"));
         for table in [format!("{shard}.clients"), format!("{shard}.mutations")] {
             let Some(src) = self.sources.source(&table) else {
@@ -1099,12 +1096,7 @@ impl Group {
             let Some(g) = spec.columns.iter().position(|c| c.name == "clientGroupID") else {
                 continue;
             };
-            let after = |key: &[Value]| {
-                snapshot
-                    .last_change(&spec.name, key)
-                    .map(|v| v.is_some_and(|v| v > since))
-                    .map_err(|e| read(&e))
-            };
+            let after = |key: &[Value]| self.changed_after(&spec.name, key, since);
             if after(&[])? {
                 return Ok(true);
             }
@@ -1116,17 +1108,27 @@ impl Group {
                 .map_err(|e| read(&e))?;
             for row in rows {
                 let row = row.map_err(|e| read(&e))?;
-                let key: Vec<Value> = spec
-                    .key
-                    .iter()
-                    .map(|&k| row.get(k).cloned().unwrap_or(Value::Null))
-                    .collect();
-                if after(&key)? {
+                if after(&key_of(spec, &row))? {
                     return Ok(true);
                 }
             }
         }
         Ok(false)
+    }
+
+    /// Whether the replica's change log has a change of `table`'s row `key` (a table-wide
+    /// one for an empty key) after `since`.
+    fn changed_after(
+        &self,
+        table: &TableName,
+        key: &[Value],
+        since: Lsn,
+    ) -> Result<bool, ErrorBody> {
+        self.sources
+            .snapshot()
+            .last_change(table, key)
+            .map(|v| v.is_some_and(|v| v > since))
+            .map_err(|e| ErrorBody::internal(format!("replica: {e}")))
     }
 
     /// Turns desired queries into ASTs: ad-hoc ASTs as they are, named ones through the
