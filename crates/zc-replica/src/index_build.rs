@@ -449,6 +449,10 @@ pub(crate) fn write_taken(db: &redb::Database, taken: TakenBuilds) -> Result<usi
 
 /// Entries a merge yields at a time: the copy writes them between its row batches.
 pub(crate) const MERGE_CHUNK: usize = 64 * 1024;
+/// Bytes of entries after which a chunk ends before `MERGE_CHUNK` entries: the merges of
+/// tables copied at once each have a chunk being written and the next one waiting (64k rows
+/// of a row build are several MiB).
+const MERGE_CHUNK_BYTES: usize = 1 << 20;
 
 /// Appends a row's build entry: its key, the sequence number of its batch (big endian), its
 /// stored value, and the key's length (`u32`, little endian) last. Keys are prefix-free (see
@@ -612,11 +616,12 @@ impl Merge {
         Ok(true)
     }
 
-    /// Up to `max` more keys, in order; `None` once every key was yielded.
+    /// Up to `max` more keys (fewer once they hold `MERGE_CHUNK_BYTES`), in order; `None`
+    /// once every key was yielded.
     pub(crate) fn next_chunk(&mut self, max: usize) -> Result<Option<KeyList>> {
         let mut chunk = KeyList::with_capacity(max.min(4096), max.min(4096) * 32);
         let mut key = Vec::new();
-        while chunk.len() < max {
+        while chunk.len() < max && chunk.byte_len() < MERGE_CHUNK_BYTES {
             if !self.take(&mut key)? {
                 // The end: the last key is complete.
                 if let Some((prev, count)) = self.last.take() {

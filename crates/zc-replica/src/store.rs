@@ -12,7 +12,11 @@
 //!
 //! Invariants (and the tests that break if they are violated):
 //! - One writer: every write runs under `write_lock` on a blocking thread, never on the
-//!   async reactor (`replica_apply_is_atomic_and_idempotent`).
+//!   async reactor (`replica_apply_is_atomic_and_idempotent`). The one exception is a copy's
+//!   writes, which share the lock: those of different redb tables run at once, in the copy's
+//!   one write transaction (redb lets a transaction's tables be written from several
+//!   threads), those of one table one after another, in the order they asked for it
+//!   (`copy_locks`). Every other write waits for them and they for it.
 //! - `apply` returns only after an `Immediate` (fsync'd) commit holding the transaction's
 //!   changes and the new watermark together, so acknowledging `end_lsn` upstream afterwards
 //!   can never lose data (the crash test in zc-wal's integration suite).
@@ -44,18 +48,18 @@
 //!   (the stream's first `flush` makes it durable): a crash before that flush rolls the file
 //!   back to the syncing state.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::ops::Bound;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 use redb::{
     Database, Durability, ReadTransaction, ReadableDatabase, ReadableTable, ReadableTableMetadata,
     TableDefinition, WriteTransaction,
 };
 use serde::{Deserialize, Serialize};
-use tokio::sync::{Mutex, watch};
+use tokio::sync::{Mutex, OwnedMutexGuard, OwnedRwLockReadGuard, RwLock, watch};
 use zc_types::{Lsn, Row, RowBatch, TableName, TableSpec, Value, ValueRef};
 use zc_wal::{Change, Destination, SyncState, Transaction, Watermark};
 
@@ -187,12 +191,17 @@ pub struct Replica {
 
 struct Inner {
     /// The copy's open write transaction between two batches (see
-    /// [`Destination::copy_rows`]); taken and committed before any other write. Declared
-    /// before `db` so that it is dropped (aborted) first.
-    copy: std::sync::Mutex<Option<OpenCopy>>,
+    /// [`Destination::copy_rows`]), shared by the copy's writes to different tables (each
+    /// holds it for reading while it writes); taken and committed before any other write.
+    /// Declared before `db` so that it is dropped (aborted) first.
+    copy: std::sync::RwLock<Option<OpenCopy>>,
     db: Database,
     path: PathBuf,
-    write_lock: Arc<Mutex<()>>,
+    /// Held exclusively by every write, shared by the copy's writes (see `copy_locks`).
+    write_lock: Arc<RwLock<()>>,
+    /// One lock per redb table a copy writes, taken before the shared `write_lock`: a table's
+    /// batches and chunks are written one at a time, in the order they asked for it.
+    copy_locks: std::sync::Mutex<HashMap<String, Arc<Mutex<()>>>>,
     version_tx: watch::Sender<Lsn>,
     /// Whether a `Durability::None` commit of `apply_deferred` may not be durable yet
     /// (changed only by the writer, under `write_lock`).
@@ -223,8 +232,34 @@ struct OpenCopy {
     area: Area,
     /// The version the copied rows carry in this area.
     version: u64,
+    /// The table being copied again when the transaction began (read once: the copy's
+    /// concurrent writes must not open the meta table each).
+    staged: Option<TableSpec>,
     /// Bytes of rows and index entries written since this transaction began.
-    bytes: usize,
+    bytes: AtomicUsize,
+    /// Whether a write in it failed: it is then aborted, not committed (its copy fails).
+    failed: AtomicBool,
+}
+
+impl OpenCopy {
+    /// Whether the copy's writes to `area` go on in it.
+    fn takes(&self, area: Area) -> bool {
+        self.area == area && !self.failed.load(Ordering::Relaxed)
+    }
+
+    /// Commits it, or aborts it if a write in it failed.
+    fn close(self) -> Result<()> {
+        if !self.failed.load(Ordering::Relaxed) {
+            self.txn.commit()?;
+        }
+        Ok(())
+    }
+}
+
+/// A copy's hold on the writer for one redb table (see `Inner::copy_locks`).
+struct CopyGuard {
+    _table: OwnedMutexGuard<()>,
+    _shared: OwnedRwLockReadGuard<()>,
 }
 
 /// Bytes of rows and index entries a copy writes in one write transaction before committing
@@ -232,12 +267,19 @@ struct OpenCopy {
 /// (half of the page cache) until the commit: the commit checksums every dirty page, and pages
 /// already flushed out of the buffer were read back from the file for it. At 1M issues
 /// (benches/side-by-side) 1M rows (~150 MiB) per transaction took 16.5 s, 100k rows 12.2 s.
-const COPY_COMMIT_BYTES: usize = 16 << 20;
+const COPY_COMMIT_BYTES: usize = if cfg!(test) { 64 << 10 } else { 16 << 20 };
 
 /// Entries already in the table a copied batch's cursor steps over before the rest of the
 /// batch goes to the table's row build (see `put_encoded_in`): enough for the rows of
 /// neighbouring heap pages, few enough that keys in no order (random ids) go to the build.
 const COPY_BATCH_STEPS: usize = 64;
+
+/// How many of a copy's writes (to different tables, see `Inner::copy_locks`) run at once:
+/// one per core, at least two. More would only wait for a core, each holding its batch.
+fn copy_writers() -> u32 {
+    let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+    u32::try_from(cores.clamp(2, 1024)).unwrap_or(2)
+}
 
 /// A cursor run of a copied table's row build shorter than this is followed by
 /// `ROW_CHUNK_INSERTS` ordinary inserts (see `put_row_chunk`).
@@ -253,11 +295,12 @@ const GROUP_CHANGES: usize = 10_000;
 
 impl Inner {
     /// Commits the copy's open write transaction, if any (non-durably, as every batch of a
-    /// copy). Every write runs this first: redb has one write transaction at a time.
+    /// copy), or aborts it if a write in it failed. Every write runs this first: redb has one
+    /// write transaction at a time.
     fn settle_copy(&self) -> Result<()> {
-        let open = self.copy.lock().map_err(|_| Error::State("copy"))?.take();
+        let open = self.copy.write().map_err(|_| Error::State("copy"))?.take();
         if let Some(open) = open {
-            open.txn.commit()?;
+            open.close()?;
         }
         Ok(())
     }
@@ -414,8 +457,8 @@ impl Inner {
     }
 
     /// Writes one encoded batch of a copy into the copy's open write transaction (begun here
-    /// if there is none), and commits that transaction once it holds enough rows. Runs as the
-    /// writer, under `write_lock`.
+    /// if there is none), and commits that transaction once it holds enough bytes. Runs under
+    /// the [`CopyGuard`] of the table's rows.
     fn copy_batch(&self, area: Area, spec: &TableSpec, batch: EncodedBatch) -> Result<()> {
         let bytes = batch.bytes.len();
         self.copy_write(area, spec, bytes, |open| {
@@ -446,8 +489,8 @@ impl Inner {
     }
 
     /// Runs `write` in the copy's open write transaction (begun here if there is none), and
-    /// commits that transaction once it holds enough bytes. Runs as the writer, under
-    /// `write_lock`.
+    /// commits that transaction once it holds enough bytes. Runs under a [`CopyGuard`] of the
+    /// table it writes: writes to other tables may run at the same time.
     fn copy_write(
         &self,
         area: Area,
@@ -455,37 +498,60 @@ impl Inner {
         bytes: usize,
         write: impl FnOnce(&OpenCopy) -> Result<()>,
     ) -> Result<()> {
-        // Lock order: `copy`, then `builds`.
-        let mut slot = self.copy.lock().map_err(|_| Error::State("copy"))?;
-        let mut open = match slot.take() {
-            Some(open) if open.area == area => open,
-            other => {
-                if let Some(open) = other {
-                    open.txn.commit()?;
-                }
-                let mut txn = self.db.begin_write()?;
-                txn.set_durability(Durability::None)?;
-                let version = copy_version(&txn, area, spec)?;
-                OpenCopy {
-                    txn,
-                    area,
-                    version,
-                    bytes: 0,
+        let full = loop {
+            {
+                let slot = self.copy.read().map_err(|_| Error::State("copy"))?;
+                if let Some(open) = slot.as_ref().filter(|open| open.takes(area)) {
+                    // The target may have changed since the batch was encoded (it cannot
+                    // while one copy runs; this only keeps a stale batch out of the wrong
+                    // tables).
+                    if area == Area::Staging && open.staged.as_ref() != Some(spec) {
+                        return Err(Error::State(META_RESYNC));
+                    }
+                    // Lock order: `copy`, then `builds` (which `write` may take). A write that
+                    // fails, or panics, leaves its transaction to be aborted: a reader does
+                    // not poison the lock, and the transaction may hold half the write.
+                    let written =
+                        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| write(open)));
+                    if !matches!(written, Ok(Ok(()))) {
+                        open.failed.store(true, Ordering::Relaxed);
+                    }
+                    written.unwrap_or_else(|panic| std::panic::resume_unwind(panic))?;
+                    let total = open.bytes.fetch_add(bytes, Ordering::Relaxed) + bytes;
+                    break total >= COPY_COMMIT_BYTES;
                 }
             }
+            // None open (or one of the other area): begin one, unless a concurrent write did.
+            let mut slot = self.copy.write().map_err(|_| Error::State("copy"))?;
+            if slot.as_ref().is_some_and(|open| open.takes(area)) {
+                continue;
+            }
+            if let Some(open) = slot.take() {
+                open.close()?;
+            }
+            let mut txn = self.db.begin_write()?;
+            txn.set_durability(Durability::None)?;
+            let staged = staged_spec(&txn)?;
+            let version = copy_version(&txn, area, spec, staged.as_ref())?;
+            *slot = Some(OpenCopy {
+                txn,
+                area,
+                version,
+                staged,
+                bytes: AtomicUsize::new(0),
+                failed: AtomicBool::new(false),
+            });
         };
-        // The target may have changed since the batch was encoded (it cannot while one copy
-        // runs; this only keeps a stale batch out of the wrong tables).
-        if area == Area::Staging && staged_spec(&open.txn)?.as_ref() != Some(spec) {
-            open.txn.commit()?;
-            return Err(Error::State(META_RESYNC));
-        }
-        open.bytes += bytes;
-        write(&open)?;
-        if open.bytes >= COPY_COMMIT_BYTES {
-            open.txn.commit()?;
-        } else {
-            *slot = Some(open);
+        if full {
+            // Waits for the writes to other tables in progress; the next write begins a new
+            // transaction. A concurrent write may have committed it already.
+            let mut slot = self.copy.write().map_err(|_| Error::State("copy"))?;
+            let still_full = slot
+                .as_ref()
+                .is_some_and(|open| open.bytes.load(Ordering::Relaxed) >= COPY_COMMIT_BYTES);
+            if still_full && let Some(open) = slot.take() {
+                open.close()?;
+            }
         }
         Ok(())
     }
@@ -507,10 +573,16 @@ fn keep_failure(slot: &std::sync::Mutex<Option<Error>>, e: Error) {
 }
 
 /// The version rows copied into `area` carry: the initial sync's replica version, or for a
-/// table copied again into staging tables, the version its swap will have.
-fn copy_version(w: &WriteTransaction, area: Area, spec: &TableSpec) -> Result<u64> {
-    match (area, staged_spec(w)?.filter(|s| s.name == spec.name)) {
-        (Area::Staging, Some(staged)) if staged == *spec => {
+/// table copied again into staging tables (`staged`, read from `w`), the version its swap
+/// will have.
+fn copy_version(
+    w: &WriteTransaction,
+    area: Area,
+    spec: &TableSpec,
+    staged: Option<&TableSpec>,
+) -> Result<u64> {
+    match (area, staged.filter(|s| s.name == spec.name)) {
+        (Area::Staging, Some(staged)) if staged == spec => {
             let mark = read_watermark(w)?.ok_or(Error::State(META_WATERMARK))?;
             Ok(mark.commit_lsn.as_u64() + 1)
         }
@@ -535,10 +607,30 @@ enum Built {
 }
 
 impl Replica {
+    /// A copy's hold on the writer for the redb table `table`: after the writes to it asked
+    /// for earlier, beside the writes to other tables, and never beside any other write.
+    async fn copy_lock(&self, table: &str) -> Result<CopyGuard> {
+        let lock = Arc::clone(
+            self.inner
+                .copy_locks
+                .lock()
+                .map_err(|_| Error::State("copy"))?
+                .entry(table.to_owned())
+                .or_default(),
+        );
+        let table = lock.lock_owned().await;
+        let shared = Arc::clone(&self.inner.write_lock).read_owned().await;
+        Ok(CopyGuard {
+            _table: table,
+            _shared: shared,
+        })
+    }
+
     /// Writes taken builds of a copied table (its row build or its index builds): merged
-    /// chunk by chunk here, beside the writer, each chunk written behind, under the writer
-    /// lock, into the copy's open write transaction. Returns the entries handed to the writer;
-    /// the next write (`write_inner`) comes after them and reports a chunk that failed.
+    /// chunk by chunk here, beside the writer, each chunk written behind, under its table's
+    /// [`CopyGuard`], into the copy's open write transaction. Returns the entries handed to
+    /// the writer; the next write (`write_inner`) comes after them and reports a chunk that
+    /// failed.
     async fn write_merges(
         &self,
         area: Area,
@@ -562,10 +654,10 @@ impl Replica {
                 let Some(chunk) = chunk? else { break };
                 self.inner.copy_failure()?;
                 entries += chunk.len();
-                let guard = Arc::clone(&self.inner.write_lock).lock_owned().await;
+                let table = merge.table().to_owned();
+                let guard = self.copy_lock(&table).await?;
                 let inner = Arc::clone(&self.inner);
                 let spec = Arc::clone(spec);
-                let table = merge.table().to_owned();
                 drop(tokio::task::spawn_blocking(move || {
                     let written =
                         std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| match kind {
@@ -620,10 +712,11 @@ impl Replica {
             inner: Arc::new(Inner {
                 db,
                 path,
-                write_lock: Arc::new(Mutex::new(())),
+                write_lock: Arc::new(RwLock::with_max_readers((), copy_writers())),
+                copy_locks: std::sync::Mutex::new(HashMap::new()),
                 version_tx: watch::channel(Lsn::ZERO).0,
                 deferred: AtomicBool::new(false),
-                copy: std::sync::Mutex::new(None),
+                copy: std::sync::RwLock::new(None),
                 builds: std::sync::Mutex::new(builds),
                 copy_failed: std::sync::Mutex::new(None),
                 queued: std::sync::Mutex::new(Queued::default()),
@@ -666,7 +759,7 @@ impl Replica {
     {
         // The guard moves into the blocking task: if this future is dropped, the lock is held
         // until the write itself has finished, so writes never overlap.
-        let guard = Arc::clone(&self.inner.write_lock).lock_owned().await;
+        let guard = Arc::clone(&self.inner.write_lock).write_owned().await;
         let inner = Arc::clone(&self.inner);
         tokio::task::spawn_blocking(move || {
             let result = inner
@@ -1505,11 +1598,12 @@ impl Destination for Replica {
         // The rows are freed where they were decoded: glibc's malloc locks the arena of a
         // block freed on another thread, and the decoding thread allocates from it all along.
         drop(rows);
-        // The batch is written behind: this returns once the write has the lock, so the
-        // caller decodes and encodes its next batch while this one is inserted. The caller's
-        // next batch waits for the lock, which keeps one table's batches in order, and every
-        // later write (the finish included) waits for this one.
-        let guard = Arc::clone(&self.inner.write_lock).lock_owned().await;
+        // The batch is written behind: this returns once the write has its table's lock, so
+        // the caller decodes and encodes its next batch while this one is inserted. The
+        // caller's next batch waits for the lock, which keeps one table's batches in order,
+        // and every later write (the finish included) waits for this one. Other tables'
+        // batches are written at the same time.
+        let guard = self.copy_lock(&area.rows(&storage_key(&spec.name))).await?;
         let inner = Arc::clone(&self.inner);
         drop(tokio::task::spawn_blocking(move || {
             let written = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
@@ -1533,17 +1627,20 @@ impl Destination for Replica {
         self.inner.copy_failure()?;
         let started = std::time::Instant::now();
         let name = table.clone();
-        // Under the writer lock: the table's batches written behind are written, and their
-        // rows that did not fit their gap are in its row build.
-        let guard = Arc::clone(&self.inner.write_lock).lock_owned().await;
         let inner = Arc::clone(&self.inner);
-        let (area, spec, rows) = tokio::task::spawn_blocking(move || {
+        let (area, spec) = tokio::task::spawn_blocking(move || copy_target(&inner.db, &name))
+            .await
+            .map_err(Error::Writer)??;
+        // Under its table's lock: the table's batches written behind are written, and their
+        // rows that did not fit their gap are in its row build.
+        let rows = area.rows(&storage_key(&spec.name));
+        let guard = self.copy_lock(&rows).await?;
+        let inner = Arc::clone(&self.inner);
+        let rows = tokio::task::spawn_blocking(move || {
             inner.copy_failure()?;
-            let (area, spec) = copy_target(&inner.db, &name)?;
-            let rows = area.rows(&storage_key(&spec.name));
             let taken = inner.take_builds(&[rows])?;
             drop(guard);
-            Ok::<_, Error>((area, spec, taken))
+            Ok::<_, Error>(taken)
         })
         .await
         .map_err(Error::Writer)??;
@@ -1722,7 +1819,7 @@ impl Destination for Replica {
         // Start a drain. It holds the writer lock until the queue is empty, so a write asked
         // for after this call waits for the queued transactions (and every write applies
         // any left queued first, e.g. when this future was dropped while it waited here).
-        let guard = Arc::clone(&self.inner.write_lock).lock_owned().await;
+        let guard = Arc::clone(&self.inner.write_lock).write_owned().await;
         {
             let mut q = self
                 .inner
@@ -2238,6 +2335,95 @@ mod tests {
             .map(|d| d.count())
             .unwrap_or(0);
         assert_eq!(runs, 0, "no run file is left");
+    }
+
+    /// Tables copied at once, one of them by two workers (parts of its heap), with rows out
+    /// of key order and commits between batches (the unit tests' commit size is small): the
+    /// writes to different tables share the copy's write transaction, and every table ends
+    /// with each of its rows once and its index complete.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn tables_copied_at_once_are_each_complete() {
+        use rand::SeedableRng;
+        use rand::seq::SliceRandom;
+        let dir = tempfile::tempdir().unwrap();
+        let r = Replica::open(dir.path().join("r.redb")).unwrap();
+        let specs: Vec<TableSpec> = (0..4)
+            .map(|i| {
+                let mut s = spec();
+                s.name = TableName::new("public", format!("t{i}"));
+                s
+            })
+            .collect();
+        r.begin_initial_sync(Lsn(9), specs.iter().cloned().map(Arc::new).collect())
+            .await
+            .unwrap();
+        let n = 30_000i64;
+        let n_of = move |id: i64| (id * 7919) % n;
+        let mut rng = rand::rngs::StdRng::seed_from_u64(5);
+        // Table i's rows: in key order, except that table 1's come in no order at all and
+        // table 3's in windows of 50 shuffled; table 2 is copied by two workers at once.
+        let mut parts: Vec<(TableName, Vec<i64>)> = Vec::new();
+        for (i, s) in specs.iter().enumerate() {
+            let mut ids: Vec<i64> = (0..n).collect();
+            match i {
+                1 => ids.shuffle(&mut rng),
+                3 => ids.chunks_mut(50).for_each(|w| w.shuffle(&mut rng)),
+                _ => {}
+            }
+            if i == 2 {
+                let (a, b) = ids.split_at(ids.len() / 2);
+                parts.push((s.name.clone(), a.to_vec()));
+                parts.push((s.name.clone(), b.to_vec()));
+            } else {
+                parts.push((s.name.clone(), ids));
+            }
+        }
+        let copy_part = |(name, ids): (TableName, Vec<i64>)| {
+            let r = r.clone();
+            async move {
+                for chunk in ids.chunks(1_000) {
+                    let rows = chunk.iter().map(|&id| row(id, "v", n_of(id))).collect();
+                    r.copy_rows(&name, batch(rows)).await.unwrap();
+                }
+                name
+            }
+        };
+        let workers: Vec<_> = parts
+            .into_iter()
+            .map(|p| zc_types::task::spawn_named("copy part", copy_part(p)))
+            .collect();
+        let mut done = std::collections::BTreeSet::new();
+        for worker in workers {
+            done.insert(worker.await.unwrap());
+        }
+        let ends: Vec<_> =
+            done.into_iter()
+                .map(|name| {
+                    let r = r.clone();
+                    zc_types::task::spawn_named("copied table", async move {
+                        r.copied_table(&name).await
+                    })
+                })
+                .collect();
+        for end in ends {
+            end.await.unwrap().unwrap();
+        }
+        r.finish_initial_sync(synced_state()).await.unwrap();
+        let mut expected: Vec<Row> = (0..n).map(|id| row(id, "v", n_of(id))).collect();
+        expected.sort_by_key(|row| match row[2] {
+            Value::Int(n) => std::cmp::Reverse(n),
+            _ => std::cmp::Reverse(-1),
+        });
+        let snap = r.snapshot().unwrap();
+        for s in &specs {
+            assert_eq!(snap.row_count(&s.name).unwrap(), n as u64, "{}", s.name);
+            let indexed: Vec<Row> = snap
+                .scan_index(&s.name, "t_n", &[])
+                .unwrap()
+                .map(|x| x.unwrap().0)
+                .collect();
+            assert!(indexed == expected, "{}'s index", s.name);
+        }
     }
 
     /// Rows copied out of key order (slightly, as heap pages hold them, and not at all, as
