@@ -9,7 +9,9 @@ use zc_query::pipeline::RowChange;
 use zc_replica::Replica;
 use zc_sync::{Advance, diff, diff_bounded};
 use zc_types::{ColumnSpec, Lsn, TableName, TableSpec, TypeKind, Value};
-use zc_wal::{Change, Destination, SyncState, Transaction, Watermark};
+use zc_wal::{Change, Destination, Transaction};
+
+mod common;
 
 fn issue() -> TableName {
     TableName::new("public", "issue")
@@ -47,15 +49,7 @@ async fn replica(dir: &tempfile::TempDir) -> Replica {
         .await
         .expect("begin");
     replica
-        .finish_initial_sync(SyncState {
-            slot: "test".into(),
-            publications: vec!["p".into()],
-            replica_version: Lsn(1),
-            watermark: Watermark {
-                commit_lsn: Lsn(1),
-                ack_lsn: Lsn(1),
-            },
-        })
+        .finish_initial_sync(common::synced_at(Lsn(1)))
         .await
         .expect("finish");
     replica

@@ -16,7 +16,9 @@ use zc_query::{ScanRequest, Sources, after_start, complete_ordering, satisfies};
 use zc_replica::Replica;
 use zc_sync::SnapshotSources;
 use zc_types::{ColumnSpec, IndexSpec, Lsn, Row, TableName, TableSpec, TypeKind, Value};
-use zc_wal::{Destination, SyncState, Watermark};
+use zc_wal::Destination;
+
+mod common;
 
 fn spec() -> TableSpec {
     let mut spec = TableSpec::new(
@@ -75,15 +77,7 @@ async fn load(replica: &Replica, spec: &TableSpec, rows: Vec<Row>) {
         .await
         .expect("copy");
     replica
-        .finish_initial_sync(SyncState {
-            slot: "test".into(),
-            publications: vec!["p".into()],
-            replica_version: Lsn(1),
-            watermark: Watermark {
-                commit_lsn: Lsn(1),
-                ack_lsn: Lsn(1),
-            },
-        })
+        .finish_initial_sync(common::synced_at(Lsn(1)))
         .await
         .expect("finish");
 }
