@@ -626,6 +626,24 @@ impl Replica {
         })
     }
 
+    /// Runs a copy's `write` behind, on a blocking thread, under `guard`: a failure (or a
+    /// panic) is kept for the copy's next call, before the guard lets the next write in.
+    fn write_behind(
+        &self,
+        guard: CopyGuard,
+        write: impl FnOnce(&Inner) -> Result<()> + Send + 'static,
+    ) {
+        let inner = Arc::clone(&self.inner);
+        drop(tokio::task::spawn_blocking(move || {
+            let written = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| write(&inner)))
+                .unwrap_or(Err(Error::CopyWriterPanicked));
+            if let Err(e) = written {
+                inner.record_copy_failure(e);
+            }
+            drop(guard);
+        }));
+    }
+
     /// Writes taken builds of a copied table (its row build or its index builds): merged
     /// chunk by chunk here, beside the writer, each chunk written behind, under its table's
     /// [`CopyGuard`], into the copy's open write transaction. Returns the entries handed to
@@ -656,20 +674,11 @@ impl Replica {
                 entries += chunk.len();
                 let table = merge.table().to_owned();
                 let guard = self.copy_lock(&table).await?;
-                let inner = Arc::clone(&self.inner);
                 let spec = Arc::clone(spec);
-                drop(tokio::task::spawn_blocking(move || {
-                    let written =
-                        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| match kind {
-                            Built::Index => inner.copy_index_chunk(area, &spec, &table, &chunk),
-                            Built::Rows => inner.copy_row_chunk(area, &spec, &chunk),
-                        }))
-                        .unwrap_or(Err(Error::CopyWriterPanicked));
-                    if let Err(e) = written {
-                        inner.record_copy_failure(e);
-                    }
-                    drop(guard);
-                }));
+                self.write_behind(guard, move |inner| match kind {
+                    Built::Index => inner.copy_index_chunk(area, &spec, &table, &chunk),
+                    Built::Rows => inner.copy_row_chunk(area, &spec, &chunk),
+                });
             }
         }
         Ok(entries)
@@ -1604,17 +1613,7 @@ impl Destination for Replica {
         // and every later write (the finish included) waits for this one. Other tables'
         // batches are written at the same time.
         let guard = self.copy_lock(&area.rows(&storage_key(&spec.name))).await?;
-        let inner = Arc::clone(&self.inner);
-        drop(tokio::task::spawn_blocking(move || {
-            let written = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                inner.copy_batch(area, &spec, batch)
-            }))
-            .unwrap_or(Err(Error::CopyWriterPanicked));
-            if let Err(e) = written {
-                inner.record_copy_failure(e);
-            }
-            drop(guard);
-        }));
+        self.write_behind(guard, move |inner| inner.copy_batch(area, &spec, batch));
         Ok(())
     }
 
